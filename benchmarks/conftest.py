@@ -1,0 +1,123 @@
+"""Shared benchmark machinery: every suite records (case, impl) medians through the `measure` fixture;
+at session end the ratios to the case's baseline impl (eager PyTorch, measured in the same run) are
+printed and written to benchmarks/results/<machine>-<suite>.json with the machine, versions and commit.
+
+    def test_x(measure):
+        measure("res4 conv_b", "eager", fn_eager, baseline=True, flops=..., bytes=...)
+        measure("res4 conv_b", "cpu", fn_cpu)
+
+Run: python -m pytest benchmarks/bench_<op>.py   (pytest-benchmark's own table is printed too).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+RESULTS = Path(__file__).parent / "results"
+_records = defaultdict(list)  # suite -> list of dict
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def machine_info() -> dict:
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        try:
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    return info
+
+
+def machine_tag() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).name.split()[-1].lower()
+    return f"cpu{os.cpu_count()}"
+
+
+@pytest.fixture
+def measure(benchmark, request):
+    """measure(case, impl, fn, baseline=False, device="cpu", rounds=None, flops=None, bytes=None).
+
+    Times fn (synchronizing CUDA) with pytest-benchmark's pedantic mode and records median and IQR in
+    seconds. A test should call it once (pytest-benchmark times one function per test).
+    """
+    suite = Path(request.node.fspath).stem
+
+    def run(case, impl, fn, baseline=False, device="cpu", rounds=None, warmup=1, flops=None, bytes=None, **extra):
+        def timed():
+            fn()
+            _sync(device)
+
+        rounds = rounds or (50 if device.startswith("cuda") else 5)
+        benchmark.group = case
+        benchmark.extra_info.update(case=case, impl=impl)
+        benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        st = benchmark.stats.stats
+        rec = dict(case=case, impl=impl, baseline=baseline, median_s=st.median, iqr_s=st.iqr, min_s=st.min,
+                   max_s=st.max, rounds=st.rounds, **extra)
+        if flops:
+            rec["tflops"] = flops / st.median / 1e12
+        if bytes:
+            rec["gb_per_s"] = bytes / st.median / 1e9
+        _records[suite].append(rec)
+        return rec
+
+    return run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _records:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    info = machine_info()
+    for suite, recs in _records.items():
+        baselines = {r["case"]: r["median_s"] for r in recs if r["baseline"]}
+        for r in recs:
+            base = baselines.get(r["case"])
+            r["speedup_vs_baseline"] = (base / r["median_s"]) if base else None
+        path = RESULTS / f"{machine_tag()}-{suite}.json"
+        path.write_text(json.dumps({"machine": info, "results": recs}, indent=1) + "\n")
+        lines = [f"\n{suite} ({machine_tag()}, torch {info['torch']}) -> {path.name}",
+                 f"{'case':40s} {'impl':14s} {'median ms':>10s} {'IQR ms':>8s} {'x base':>7s}  extra"]
+        for r in recs:
+            ratio = f"{r['speedup_vs_baseline']:.2f}" if r["speedup_vs_baseline"] else "-"
+            extra = " ".join(f"{k}={r[k]:.2f}" for k in ("tflops", "gb_per_s") if k in r)
+            lines.append(f"{r['case'][:40]:40s} {r['impl'][:14]:14s} {r['median_s'] * 1e3:10.3f} "
+                         f"{r['iqr_s'] * 1e3:8.3f} {ratio:>7s}  {extra}")
+        print("\n".join(lines))
