@@ -181,6 +181,28 @@ class ResNetBasicHead(nn.Module):
         return x.mean(dim=(1, 2, 3))
 
 
+def check_inputs(config: SlowFastConfig, x: Sequence[torch.Tensor]) -> None:
+    """Raise a ValueError naming the problem unless x is a valid model input for config."""
+    pathways = 1 if config.slow_only else 2
+    if not isinstance(x, (list, tuple)) or len(x) != pathways:
+        expected = "[x]" if config.slow_only else "[slow, fast]"
+        raise ValueError(f"inputs: expected a list {expected} of {pathways} tensor(s), got {type(x).__name__}"
+                         + (f" of length {len(x)}" if isinstance(x, (list, tuple)) else ""))
+    for name, t in zip(("slow", "fast"), x):
+        if not isinstance(t, torch.Tensor) or t.dim() != 5 or t.shape[1] != 3:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"inputs[{name}]: expected a [N, 3, T, H, W] tensor, got {shape}")
+    if not config.slow_only:
+        slow, fast = x
+        if fast.shape[2] != config.alpha * slow.shape[2]:
+            raise ValueError(
+                f"inputs: fast has {fast.shape[2]} frames, expected alpha * slow frames = "
+                f"{config.alpha} * {slow.shape[2]}"
+            )
+        if slow.shape[0] != fast.shape[0] or slow.shape[3:] != fast.shape[3:]:
+            raise ValueError(f"inputs: slow {tuple(slow.shape)} and fast {tuple(fast.shape)} differ in batch or H, W")
+
+
 class SlowFast(nn.Module):
     """SlowFast (or Slow-only) ResNet. ``model([slow, fast]) -> [N, num_classes]``; Slow-only: ``model([x])``.
 
@@ -277,23 +299,7 @@ class SlowFast(nn.Module):
         return 1 if self.config.slow_only else 2
 
     def check_inputs(self, x: Sequence[torch.Tensor]) -> None:
-        if not isinstance(x, (list, tuple)) or len(x) != self.num_pathways:
-            expected = "[x]" if self.config.slow_only else "[slow, fast]"
-            raise ValueError(f"inputs: expected a list {expected} of {self.num_pathways} tensor(s), got {type(x).__name__}"
-                             + (f" of length {len(x)}" if isinstance(x, (list, tuple)) else ""))
-        for name, t in zip(("slow", "fast"), x):
-            if not isinstance(t, torch.Tensor) or t.dim() != 5 or t.shape[1] != 3:
-                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"inputs[{name}]: expected a [N, 3, T, H, W] tensor, got {shape}")
-        if not self.config.slow_only:
-            slow, fast = x
-            if fast.shape[2] != self.config.alpha * slow.shape[2]:
-                raise ValueError(
-                    f"inputs: fast has {fast.shape[2]} frames, expected alpha * slow frames = "
-                    f"{self.config.alpha} * {slow.shape[2]}"
-                )
-            if slow.shape[0] != fast.shape[0] or slow.shape[3:] != fast.shape[3:]:
-                raise ValueError(f"inputs: slow {tuple(slow.shape)} and fast {tuple(fast.shape)} differ in batch or H, W")
+        check_inputs(self.config, x)
 
     def forward(self, x: Sequence[torch.Tensor]) -> torch.Tensor:
         self.check_inputs(x)
