@@ -1,0 +1,144 @@
+"""conv3d_bn_act on every distinct conv layer of SlowFast R50 8x8 at 224x224 (CPU: batch 1, GPU: batch 8).
+
+Baseline: eager conv3d + BatchNorm3d (eval) + ReLU in fp32 NCDHW (the reference model's layers), timed in
+the same run. Impls:
+- CPU: `fused` = Conv3dBNAct in eval on channels_last_3d input (what the fused model runs: oneDNN fused
+  conv, packed weight), `fused_ncdhw` = conv3d_bn_act(backend="cpu") on the NCDHW input.
+- GPU (bf16 channels_last_3d): `eager_bf16`, `cudnn` (cuDNN fused conv), `triton`, `fused` (per-shape choice).
+- `compiled` (SLOWFAST_BENCH_COMPILE=1): torch.compile(mode="max-autotune") with inductor freezing.
+The last test prints the sums over the model's layers (each layer weighted by how often the model runs it).
+
+Run: python -m pytest benchmarks/bench_conv3d.py   (GPU: the same command on a CUDA machine)
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+
+import slowfast_kernels as sk
+import slowfast_reference as sr
+
+from conftest import _records
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+BATCH = 8 if CUDA else 1
+CL = torch.channels_last_3d
+COMPILE = os.environ.get("SLOWFAST_BENCH_COMPILE", "0") == "1"
+
+
+def model_layers(arch="slowfast_r50_8x8", batch=BATCH, size=224):
+    """OrderedDict {(input shape, C_out, kernel, stride, padding): count} from a meta-device forward."""
+    model = getattr(sr, arch)().to("meta").eval()
+    layers = OrderedDict()
+
+    def count(m, inputs, output):
+        key = (tuple(inputs[0].shape), m.out_channels, m.kernel_size, m.stride, m.padding)
+        layers[key] = layers.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    cfg = model.config
+    t = cfg.num_frames
+    model([torch.empty(batch, 3, t // cfg.alpha, size, size, device="meta"),
+           torch.empty(batch, 3, t, size, size, device="meta")])
+    for h in hooks:
+        h.remove()
+    return layers
+
+
+LAYERS = model_layers()
+CASES = list(LAYERS)
+
+
+def case_name(key):
+    shape, cout, k, s, _ = key
+    return f"{shape[1]}->{cout} {'x'.join(map(str, k))} s{s[1]}{'t' + str(s[0]) if s[0] > 1 else ''} " \
+           f"T{shape[2]} {shape[3]}px"
+
+
+def flops(key):
+    shape, cout, k, s, p = key
+    out = [(shape[2 + i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(3)]
+    return 2 * shape[0] * cout * out[0] * out[1] * out[2] * shape[1] * k[0] * k[1] * k[2]
+
+
+def build(key):
+    shape, cout, k, s, p = key
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(shape[1], cout, k, s, p, bias=False)
+    bn = torch.nn.BatchNorm3d(cout)
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2)
+        bn.running_mean.normal_()
+    conv, bn = conv.to(DEVICE).eval(), bn.to(DEVICE).eval()
+    x = torch.randn(shape, device=DEVICE)
+    return conv, bn, x
+
+
+CPU_IMPLS = ["eager", "fused", "fused_ncdhw"] + (["compiled"] if COMPILE else [])
+GPU_IMPLS = ["eager", "eager_bf16", "cudnn", "triton", "fused"] + (["compiled"] if COMPILE else [])
+
+
+def make_fn(impl, key):
+    conv, bn, x = build(key)
+    if impl == "eager":
+        return lambda: torch.relu(bn(conv(x)))
+    if impl == "compiled":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        xin = x.to(torch.bfloat16).contiguous(memory_format=CL) if CUDA else x
+        mod = torch.nn.Sequential(conv, bn, torch.nn.ReLU()).to(xin.dtype)
+        fn = torch.compile(mod, mode="max-autotune")
+        return lambda: fn(xin)
+    if CUDA:
+        xb = x.to(torch.bfloat16).contiguous(memory_format=CL)
+        if impl == "eager_bf16":
+            cb = torch.nn.Sequential(conv, bn, torch.nn.ReLU()).to(torch.bfloat16).to(memory_format=CL)
+            return lambda: cb(xb)
+        w, b = sk.fold_bn(conv, bn)
+        backend = {"cudnn": "cuda", "triton": "triton", "fused": "cuda"}[impl]
+        if impl == "cudnn":
+            return lambda: torch.ops.slowfast_kernels.conv3d_bn_act(xb, w.to(xb.dtype).contiguous(memory_format=CL), b,
+                                                                    list(conv.stride), list(conv.padding), [1, 1, 1],
+                                                                    None, "relu")
+        wb = w.to(xb.dtype).contiguous(memory_format=CL)
+        return lambda: sk.conv3d_bn_act(xb, wb, b, conv.stride, conv.padding, backend=backend)
+    if impl == "fused":
+        m = sk.Conv3dBNAct.from_conv_bn(conv, bn, activation="relu").eval()
+        xc = x.contiguous(memory_format=CL)
+        return lambda: m(xc)
+    if impl == "fused_ncdhw":
+        w, b = sk.fold_bn(conv, bn)
+        return lambda: sk.conv3d_bn_act(x, w, b, conv.stride, conv.padding, backend="cpu")
+    raise ValueError(impl)
+
+
+@pytest.mark.parametrize("impl", GPU_IMPLS if CUDA else CPU_IMPLS)
+@pytest.mark.parametrize("key", CASES, ids=[case_name(k) for k in CASES])
+def test_conv3d_layer(measure, key, impl):
+    fn = make_fn(impl, key)
+    with torch.no_grad():
+        measure(case_name(key), impl, lambda: fn(), baseline=impl == "eager", device=DEVICE, flops=flops(key),
+                count=LAYERS[key], layer_flops=flops(key))
+
+
+def test_zz_model_sums(capsys):
+    """Each impl's time summed over the model's conv layers (weighted by count), and its ratio to eager."""
+    recs = [r for r in _records["bench_conv3d"]]
+    if not recs:
+        pytest.skip("no layer was measured")
+    sums, work, cases = {}, {}, set()
+    for r in recs:
+        sums[r["impl"]] = sums.get(r["impl"], 0.0) + r["median_s"] * r["count"]
+        work[r["impl"]] = work.get(r["impl"], 0.0) + r["layer_flops"] * r["count"]
+        cases.add(r["case"])
+    with capsys.disabled():
+        print(f"\nSlowFast R50 8x8 conv layers ({len(cases)} of {len(LAYERS)} distinct measured, "
+              f"{sum(LAYERS.values())} convs in the model, batch {BATCH}, {DEVICE}):")
+        for impl, t in sums.items():
+            ratio = sums.get("eager", t) / t
+            print(f"  {impl:12s} {t * 1e3:9.1f} ms  {work[impl] / t / 1e12:7.3f} TFLOP/s  x eager {ratio:.2f}")
