@@ -111,6 +111,10 @@ def pytest_sessionfinish(session, exitstatus):
         for r in recs:
             base = baselines.get(r["case"])
             r["speedup_vs_baseline"] = (base / r["median_s"]) if base else None
+            # speedup_vs_<impl> against every other impl of the same case (e.g. speedup_vs_eager, _vs_compile)
+            for other in recs:
+                if other["case"] == r["case"] and other is not r:
+                    r[f"speedup_vs_{other['impl']}"] = other["median_s"] / r["median_s"]
         path = RESULTS / f"{machine_tag()}-{suite}.json"
         path.write_text(json.dumps({"machine": info, "results": recs}, indent=1) + "\n")
         lines = [f"\n{suite} ({machine_tag()}, torch {info['torch']}) -> {path.name}",

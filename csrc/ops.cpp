@@ -6,7 +6,26 @@
 TORCH_LIBRARY(slowfast_kernels, m) {
   // Fast -> Slow lateral connection written into channel slices of one [N, Cs + Cl, T, H, W] buffer.
   // mode: time_to_channel | time_strided_sampling | time_strided_conv; fusion: concat | sum.
+  // (`lateral` is the public `mode`: an argument named `mode` breaks torch.compile's AOT dispatch.)
   m.def(
-      "lateral_fuse(Tensor slow, Tensor fast, str mode, int alpha, Tensor? weight, Tensor? bias, "
+      "lateral_fuse(Tensor slow, Tensor fast, str lateral, int alpha, Tensor? weight, Tensor? bias, "
       "str fusion, str activation) -> Tensor");
+  // The same into a caller's buffer (the slow part is skipped when `slow` already is that part of out).
+  m.def(
+      "lateral_fuse_out(Tensor slow, Tensor fast, str lateral, int alpha, Tensor? weight, Tensor? bias, "
+      "str fusion, str activation, Tensor(a!) out) -> ()");
+  // Decoded clip [N, V, H, W, 3] -> (slow, fast) [N, 3, T, ch, cw] in one pass: temporal gather by the
+  // [N, T] indices, bilinear resize to `resized` (h, w), crop_box (y0, x0, ch, cw), (x[/255] - mean) / std.
+  m.def(
+      "pack_pathways(Tensor video, Tensor fast_index, Tensor slow_index, int[] resized, int[] crop_box, "
+      "float[] mean, float[] std, ScalarType dtype, bool channels_last) -> (Tensor, Tensor)");
+  // The same into preallocated outputs of any strides.
+  m.def(
+      "pack_pathways_into(Tensor video, Tensor fast_index, Tensor slow_index, int[] resized, int[] crop_box, "
+      "float[] mean, float[] std, Tensor(a!) slow, Tensor(b!) fast) -> ()");
+  // Conv3d with BN folded into weight/bias, then + residual, activation (relu | none); output in the
+  // dtype and memory format of x. CPU: oneDNN fused conv; CUDA: cuDNN fused conv.
+  m.def(
+      "conv3d_bn_act(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, int[3] dilation, "
+      "Tensor? residual, str activation) -> Tensor");
 }

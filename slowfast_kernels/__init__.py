@@ -7,7 +7,18 @@ slowfast_kernels.backends for how one is chosen.
 from . import _ext, backends
 from .backends import BackendUnavailable
 from .ops.lateral_fuse import lateral_fuse, lateral_fuse_ref
+from .checkpoints import load_checkpoint
+from . import io  # noqa: E402  (PyAV is imported only when a video is read)
+from .ops.pack_pathways import pack_pathways, pack_pathways_ref, temporal_indices
+from .ops.conv3d_bn_act import conv3d_bn_act, conv3d_bn_act_ref, fold_bn
+from .modules import Conv3dBNAct
+from . import tuning
+from .fuse import fuse
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "backends", "lateral_fuse", "lateral_fuse_ref"]
+__all__ = [
+    "BackendUnavailable", "Conv3dBNAct", "backends", "conv3d_bn_act", "conv3d_bn_act_ref", "fold_bn", "fuse", "io",
+    "lateral_fuse", "lateral_fuse_ref", "load_checkpoint", "pack_pathways", "pack_pathways_ref", "temporal_indices",
+    "tuning",
+]

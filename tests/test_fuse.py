@@ -1,0 +1,146 @@
+"""fuse(): the fused inference model against the reference, every config and lateral mode."""
+import copy
+
+import pytest
+import torch
+
+import slowfast_kernels as sk
+import slowfast_reference as R
+from conftest import requires_cuda
+
+ARCHS = ["slowfast_r50_8x8", "slowfast_r50_4x16", "slowfast_r101_8x8", "slowfast_r101_16x8", "slow_r50_8x8"]
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def _inputs(model, n=1, size=32, frames=None):
+    cfg = model.config
+    clip = torch.randn(n, 3, frames or cfg.num_frames, size, size)
+    return [clip] if cfg.slow_only else R.pack_pathways(clip, cfg.alpha)
+
+
+def _rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_matches_reference_every_config(arch):
+    model = _randomize_bn(R.build_model(arch, num_classes=10)).eval()
+    fused = sk.fuse(model)
+    x = _inputs(model, n=2, size=32)
+    with torch.no_grad():
+        expected, actual = model(x), fused(x)
+    assert actual.dtype == torch.float32 and actual.shape == (2, 10)
+    assert _rel_err(actual, expected) < 1e-4
+
+
+@pytest.mark.parametrize("lateral,fusion,arch", [
+    ("time_to_channel", "concat", "slowfast_r50_8x8"),
+    ("time_strided_sampling", "concat", "slowfast_r50_8x8"),
+    ("time_to_channel", "sum", "slowfast_r50_4x16"),
+])
+def test_fused_matches_reference_lateral_modes(lateral, fusion, arch):
+    model = _randomize_bn(R.build_model(arch, num_classes=6, lateral=lateral, fusion=fusion)).eval()
+    fused = sk.fuse(model)
+    x = _inputs(model, size=40)
+    with torch.no_grad():
+        assert _rel_err(fused(x), model(x)) < 1e-4
+
+
+def test_fused_bare_lateral_and_softmax_head():
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=5, lateral_norm=False, head_act="softmax")).eval()
+    fused = sk.fuse(model)
+    x = _inputs(model)
+    with torch.no_grad():
+        out = fused(x)
+        assert _rel_err(out, model(x)) < 1e-4
+    torch.testing.assert_close(out.sum(-1), torch.ones(1))
+
+
+def test_fused_reference_backend_matches():
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=4)).eval()
+    x = _inputs(model)
+    with torch.no_grad():
+        assert _rel_err(sk.fuse(model, backend="reference")(x), model(x)) < 1e-4
+
+
+def test_fused_bf16_within_twice_eager_error():
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=8)).eval()
+    x = _inputs(model, size=32)
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()([t.double() for t in x]).float()
+        eager_bf16 = copy.deepcopy(model).bfloat16()([t.bfloat16() for t in x]).float()
+        fused = sk.fuse(model, dtype=torch.bfloat16)(x)
+    eager_err = (eager_bf16 - exact).abs().max().item()
+    assert (fused - exact).abs().max().item() <= 2 * eager_err + 1e-6
+
+
+def test_fuse_refuses_train_mode_and_non_finite_weights():
+    model = R.slowfast_r50_8x8(num_classes=3)
+    with pytest.raises(ValueError, match="train mode"):
+        sk.fuse(model)
+    model.eval()
+    with torch.no_grad():
+        model.blocks[1].multipathway_blocks[0].res_blocks[0].branch2.conv_a.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        sk.fuse(model)
+    with pytest.raises(TypeError, match="SlowFast"):
+        sk.fuse(torch.nn.Linear(2, 2))
+
+
+def test_fused_bad_input_is_named():
+    fused = sk.fuse(R.slowfast_r50_8x8(num_classes=3).eval())
+    with pytest.raises(ValueError, match="alpha"):
+        fused([torch.randn(1, 3, 8, 32, 32), torch.randn(1, 3, 30, 32, 32)])
+
+
+def test_fused_does_not_modify_reference():
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=3)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sk.fuse(model, dtype=torch.bfloat16)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_torch_compile_fullgraph():
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=4)).eval()
+    fused = sk.fuse(model)
+    x = _inputs(model)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert _rel_err(compiled(x), model(x)) < 1e-4
+
+
+def test_torch_export():
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=4)).eval()
+    fused = sk.fuse(model)
+    x = _inputs(model)
+    exported = torch.export.export(fused, (x,))
+    with torch.no_grad():
+        assert _rel_err(exported.module()(x), model(x)) < 1e-4
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cuda_and_graphs(dtype):
+    model = _randomize_bn(R.slowfast_r50_8x8(num_classes=7)).eval().cuda()
+    x = [t.cuda() for t in _inputs(model, n=2, size=64)]
+    with torch.no_grad():
+        expected = model(x)
+        plain = sk.fuse(model, dtype=dtype)(x)
+        graphed = sk.fuse(model, dtype=dtype, cuda_graph=True)
+        first, again = graphed(x), graphed(x)
+        other = graphed([t[:1] for t in x])  # new shape: re-captured
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert _rel_err(plain, expected) < tol
+    torch.testing.assert_close(first, plain, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(again, first)
+    assert other.shape == (1, 7)
