@@ -213,13 +213,20 @@ class FusedSlowFast(nn.Module):
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
         """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways."""
-        from .ops.pack_pathways import pack_pathways
+        return self(_pack_for(self, video, fast_index, pack_kwargs))
 
-        pack_kwargs.setdefault("dtype", self.dtype)
-        pack_kwargs.setdefault("channels_last", True)
-        pack_kwargs.setdefault("backend", self.backend)
-        slow, fast = pack_pathways(video, fast_index, self.config.alpha, **pack_kwargs)
-        return self([fast] if self.slow_only else [slow, fast])
+
+def _pack_for(model: FusedSlowFast, video: torch.Tensor, fast_index, pack_kwargs) -> List[torch.Tensor]:
+    """pack_pathways in the fused model's dtype and layout; a single clip gets a batch dimension."""
+    from .ops.pack_pathways import pack_pathways
+
+    pack_kwargs.setdefault("dtype", model.dtype)
+    pack_kwargs.setdefault("channels_last", True)
+    pack_kwargs.setdefault("backend", model.backend)
+    slow, fast = pack_pathways(video, fast_index, model.config.alpha, **pack_kwargs)
+    if video.dim() == 4:
+        slow, fast = slow.unsqueeze(0), fast.unsqueeze(0)
+    return [fast] if model.slow_only else [slow, fast]
 
 
 class CUDAGraphRunner(nn.Module):
@@ -251,13 +258,8 @@ class CUDAGraphRunner(nn.Module):
         graph.replay()
         return static_out.clone()
 
-    def from_video(self, video, fast_index, **pack_kwargs):
-        from .ops.pack_pathways import pack_pathways
-
-        pack_kwargs.setdefault("dtype", self.model.dtype)
-        pack_kwargs.setdefault("channels_last", True)
-        slow, fast = pack_pathways(video, fast_index, self.model.config.alpha, **pack_kwargs)
-        return self([fast] if self.model.slow_only else [slow, fast])
+    def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
+        return self(_pack_for(self.model, video, fast_index, pack_kwargs))
 
 
 def fuse(

@@ -214,3 +214,42 @@ def _decode_window(s: _Stream, first: int, last: int, seek: bool):
     if not frames:
         return None
     return min(number, last), frames
+
+
+def write_video(path: PathLike, frames: torch.Tensor, fps: int = 30, crf: int = 18) -> Path:
+    """Encode uint8 RGB frames [V, H, W, 3] (H, W even) to an H.264 MP4 with PyAV; returns the path."""
+    av = _import_av()
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"write_video: frames: expected uint8 [V, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"write_video: frames: H.264 (yuv420p) needs even H and W, got {h}x{w}")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames.numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def synthetic_video(num_frames: int = 64, height: int = 256, width: int = 340, seed: int = 0) -> torch.Tensor:
+    """Moving coloured rectangles over a gradient: uint8 [V, H, W, 3], every frame different (demo, tests)."""
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.arange(height).view(-1, 1)
+    xs = torch.arange(width).view(1, -1)
+    base = torch.stack([xs.expand(height, width) * 120 // width, ys.expand(height, width) * 120 // height,
+                        torch.full((height, width), 40)], dim=-1)
+    boxes = [(torch.randint(0, height // 2, (1,), generator=g).item(), torch.randint(0, width // 2, (1,), generator=g).item(),
+              torch.randint(0, 256, (3,), generator=g), torch.randint(-6, 7, (2,), generator=g)) for _ in range(3)]
+    frames = base.unsqueeze(0).repeat(num_frames, 1, 1, 1)
+    bh, bw = height // 4, width // 4
+    for t in range(num_frames):
+        for y0, x0, colour, (vy, vx) in boxes:
+            y = (y0 + int(vy) * t) % (height - bh)
+            x = (x0 + int(vx) * t) % (width - bw)
+            frames[t, y:y + bh, x:x + bw] = colour
+    return frames.to(torch.uint8)
