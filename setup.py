@@ -34,7 +34,7 @@ def extensions():
         nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
         return [CUDAExtension(
             "slowfast_kernels._C", sources + _sources("csrc/cuda/*.cu"),
-            extra_compile_args={"cxx": cxx + ["-DSLOWFAST_KERNELS_WITH_CUDA"], "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             extra_link_args=["-fopenmp"],
         )]
     return [CppExtension("slowfast_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]

@@ -5,8 +5,11 @@ What changes against the reference (and why it is faster):
   the weights; a bottleneck's conv c carries the shortcut add and the final ReLU in its epilogue;
 - channels_last_3d end to end (oneDNN and cuDNN's fastest layout; the channel slices of the lateral buffer
   are then row-strided views);
-- concat fusion without torch.cat: the Slow pathway's last conv of each stage writes channels [0, Cs) of a
-  preallocated [N, Cs + Cl, T, H, W] buffer and lateral_fuse writes channels [Cs, Cs + Cl);
+- concat fusion without torch.cat: one preallocated [N, Cs + Cl, T, H, W] buffer per lateral site;
+  lateral_fuse writes channels [Cs, Cs + Cl) straight from the Fast tensor and the Slow pathway's last conv
+  of the stage stores its output in channels [0, Cs) (the Triton kernel stores there directly; oneDNN and
+  cuDNN return a tensor that is copied into the slice, one write of the Slow output instead of torch.cat's
+  read and write of both pathways);
 - optional CUDA graphs for fixed input shapes (small batches are launch-bound: ~100+ layers).
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from slowfast_reference.lateral import FuseFastToSlow
+from slowfast_reference.lateral import FuseFastToSlow, lateral_channels
 from slowfast_reference.models import (
     MultiPathWayWithFuse,
     ResBlock,
@@ -100,11 +103,9 @@ class FusedLateral(nn.Module):
         self.register_buffer("bias", b)
 
     def lateral_channels(self, fast_channels: int) -> int:
-        if self.mode == "time_to_channel":
-            return fast_channels * self.alpha
-        if self.mode == "time_strided_sampling":
-            return fast_channels
-        return self.out_channels
+        if self.mode == "time_strided_conv":
+            return self.out_channels
+        return lateral_channels(self.mode, fast_channels, self.alpha)
 
     def forward(self, slow: torch.Tensor, fast: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         weight = bias = None
@@ -114,8 +115,11 @@ class FusedLateral(nn.Module):
                             activation=self.activation, out=out, backend=self.backend)
 
     def _cast(self, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        # Weights in the activations' dtype, cast once per (dtype, device), not once per call.
-        key = (dtype, device)
+        # Weights in the activations' dtype, cast once, not once per call; recast when the buffers change
+        # (load_state_dict, in-place edits: storage or version differ).
+        if torch.compiler.is_compiling():
+            return self.weight.to(device=device, dtype=dtype), self.bias.to(device=device, dtype=dtype)
+        key = (dtype, device) + tuple((t.data_ptr(), t._version) for t in (self.weight, self.bias))
         if getattr(self, "_cast_key", None) != key:
             self._cast_cache = (self.weight.to(device=device, dtype=dtype), self.bias.to(device=device, dtype=dtype))
             self._cast_key = key

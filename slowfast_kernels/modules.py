@@ -156,13 +156,16 @@ class Conv3dBNAct(nn.Module):
             # traced as ordinary ops on the parameters (constant-folded by freezing).
             w, b = fold_bn(c, self.norm)
             w = w.to(x.dtype).contiguous(memory_format=layout_of(x))
-            return conv3d_bn_act(x, w, b.to(x.device), c.stride, c.padding, c.dilation, residual, self.activation,
-                                 out, out_channel_offset, backend=self.backend)
+            return conv3d_bn_act(x, w, b.to(x.device), c.stride, c.padding, c.dilation, residual=residual,
+                                 activation=self.activation, out=out, out_channel_offset=out_channel_offset,
+                                 backend=self.backend)
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"Conv3dBNAct: x: expected float32, bfloat16 or float16 in eval mode, got {x.dtype}")
         w, b, chosen = self._prepared(x)
-        if chosen == "cpu" and not torch.compiler.is_compiling():
+        if chosen == "cpu":
             return self._onednn(x, w, b, residual, out, out_channel_offset)
-        return conv3d_bn_act(x, w, b, c.stride, c.padding, c.dilation, residual, self.activation, out,
-                             out_channel_offset, backend=chosen)
+        return conv3d_bn_act(x, w, b, c.stride, c.padding, c.dilation, residual=residual, activation=self.activation,
+                             out=out, out_channel_offset=out_channel_offset, backend=chosen)
 
     def _onednn(self, x, w, b, residual, out, out_channel_offset):
         c = self.conv

@@ -12,9 +12,13 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_full_fp32():
+    """Seeded, and TF32 off (restored after): fp32 parity means fp32, for the kernels and the eager oracle."""
     torch.manual_seed(0)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def devices():

@@ -39,7 +39,9 @@ def test_auto_skips_backend_whose_check_fails():
     assert chosen == "reference"
 
 
-def test_native_cpu_kernel_is_built():
-    # CI builds the extension: its absence is a failure here, not a skip.
+@pytest.mark.parametrize("op", ["lateral_fuse", "lateral_fuse_out", "pack_pathways", "pack_pathways_into",
+                                "conv3d_bn_act"])
+def test_native_cpu_kernel_is_built(op):
+    # CI builds the extension: a missing extension or kernel is a failure here (other tests skip on it).
     assert sk._ext.LOAD_ERROR is None, sk._ext.LOAD_ERROR
-    assert backends.backend_unavailable_reason("cpu", torch.device("cpu"), "lateral_fuse") is None
+    assert backends.backend_unavailable_reason("cpu", torch.device("cpu"), op) is None

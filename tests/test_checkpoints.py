@@ -294,8 +294,8 @@ def test_bad_arguments(sources):
 @pytest.fixture(scope="module")
 def ptv():
     builders = pytorchvideo_builders()
-    if builders is None:
-        pytest.skip("pytorchvideo (and its dependency fvcore) is not installed")
+    # pytorchvideo is a test dependency (pyproject's [test] extra): its absence is a failure, not a skip.
+    assert builders is not None, "pytorchvideo (with fvcore) must be installed: pip install -e '.[test]'"
     return builders
 
 
@@ -315,3 +315,53 @@ def test_real_pytorchvideo_file(ptv, tmp_path):
         scramble(ours)
         load_checkpoint(ours, tmp_path / name)
         torch.testing.assert_close(logits(ours, x), expected, rtol=0, atol=0)
+
+
+# Key names and shapes as the real frameworks write them for SlowFast R50 8x8 (PySlowFast
+# video_model_builder.SlowFast / resnet_helper / head_helper; MMAction2 ResNet3dSlowFast + SlowFastHead),
+# written out here independently of checkpoints.py so a wrong name in its key table cannot go unnoticed.
+REAL_KEYS = {
+    "pyslowfast": {
+        "s1.pathway0_stem.conv.weight": (64, 3, 1, 7, 7),
+        "s1.pathway1_stem.conv.weight": (8, 3, 5, 7, 7),
+        "s1.pathway1_stem.bn.running_var": (8,),
+        "s1_fuse.conv_f2s.weight": (16, 8, 7, 1, 1),
+        "s1_fuse.bn.weight": (16,),
+        "s2.pathway0_res0.branch1.weight": (256, 80, 1, 1, 1),
+        "s2.pathway0_res0.branch1_bn.running_mean": (256,),
+        "s2.pathway0_res0.branch2.a.weight": (64, 80, 1, 1, 1),
+        "s2.pathway0_res0.branch2.a_bn.weight": (64,),
+        "s2.pathway0_res1.branch2.b.weight": (64, 64, 1, 3, 3),
+        "s2.pathway1_res0.branch2.a.weight": (8, 8, 3, 1, 1),
+        "s2_fuse.conv_f2s.weight": (64, 32, 7, 1, 1),
+        "s4.pathway0_res0.branch2.a.weight": (256, 640, 3, 1, 1),
+        "s5.pathway0_res2.branch2.c.weight": (2048, 512, 1, 1, 1),
+        "s5.pathway1_res2.branch2.c_bn.bias": (256,),
+        "head.projection.weight": (400, 2304),
+        "head.projection.bias": (400,),
+    },
+    "mmaction2": {
+        "backbone.slow_path.conv1.conv.weight": (64, 3, 1, 7, 7),
+        "backbone.slow_path.conv1.bn.weight": (64,),
+        "backbone.fast_path.conv1.conv.weight": (8, 3, 5, 7, 7),
+        "backbone.slow_path.conv1_lateral.conv.weight": (16, 8, 7, 1, 1),
+        "backbone.slow_path.layer1.0.conv1.conv.weight": (64, 80, 1, 1, 1),
+        "backbone.slow_path.layer1.0.downsample.conv.weight": (256, 80, 1, 1, 1),
+        "backbone.slow_path.layer1.0.downsample.bn.running_var": (256,),
+        "backbone.slow_path.layer1_lateral.conv.weight": (64, 32, 7, 1, 1),
+        "backbone.slow_path.layer3.0.conv1.conv.weight": (256, 640, 3, 1, 1),
+        "backbone.slow_path.layer3_lateral.conv.weight": (256, 128, 7, 1, 1),
+        "backbone.fast_path.layer1.0.conv1.conv.weight": (8, 8, 3, 1, 1),
+        "backbone.fast_path.layer4.2.conv3.bn.bias": (256,),
+        "cls_head.fc_cls.weight": (400, 2304),
+    },
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(REAL_KEYS))
+def test_export_uses_the_frameworks_real_key_names(fmt):
+    sd = export_state_dict(R.slowfast_r50_8x8(), fmt)
+    for key, shape in REAL_KEYS[fmt].items():
+        assert key in sd, f"{fmt}: {key} missing from the exported layout"
+        assert tuple(sd[key].shape) == shape, f"{fmt}: {key} has shape {tuple(sd[key].shape)}, expected {shape}"
+    assert not any("layer4_lateral" in k or k.startswith("s5_fuse") for k in sd)  # no lateral after res5

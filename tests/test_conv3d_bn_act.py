@@ -282,8 +282,6 @@ def test_tuning_cache_roundtrip(tmp_path, monkeypatch):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_parity_cuda(shape, dtype, backend, tmp_path, monkeypatch):
     monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     x, weight, bias, s, p, d, r = make(shape, dtype, CL, residual=True)
     x, weight, bias, r = x.cuda(), weight.cuda(), bias.cuda(), r.cuda()
     y = sk.conv3d_bn_act(x, weight, bias, s, p, d, residual=r, backend=backend)

@@ -3,50 +3,29 @@
 PyTorchVideo installs from the registry; it imports torchvision only for its detection head
 (RoIAlign), which no torchvision CPU build exists for here, so that one import is stubbed.
 """
-import sys
-import types
-
 import pytest
 import torch
 
 import slowfast_reference as R
+from _checkpoint_fixtures import pytorchvideo_builders, randomize
 
 
 @pytest.fixture(scope="module")
 def ptv():
-    pytest.importorskip("fvcore", reason="pytorchvideo's dependencies are not installed")
-    if "torchvision" not in sys.modules:
-        try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
-            ops.RoIAlign = object
-            tv.ops = ops
-            sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
-    models = pytest.importorskip("pytorchvideo.models", reason="pytorchvideo is not installed")
-    from pytorchvideo.models.resnet import create_resnet
-    from pytorchvideo.models.slowfast import create_slowfast
-
-    return models, create_slowfast, create_resnet
-
-
-def _randomize_bn(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    builders = pytorchvideo_builders()
+    # pytorchvideo is a test dependency (pyproject's [test] extra): its absence is a failure, not a skip.
+    assert builders is not None, "pytorchvideo (with fvcore) must be installed: pip install -e '.[test]'"
+    return builders
 
 
 @pytest.mark.parametrize("arch,alpha,kernel", [("slowfast_r50_8x8", 4, 7), ("slowfast_r50_4x16", 8, 5)])
 def test_slowfast_matches_pytorchvideo(ptv, arch, alpha, kernel):
-    _, create_slowfast, _ = ptv
+    create_slowfast, _ = ptv
     theirs = create_slowfast(
         slowfast_fusion_conv_kernel_size=(kernel, 1, 1), slowfast_fusion_conv_stride=(alpha, 1, 1),
         head_pool=torch.nn.AdaptiveAvgPool3d, model_num_class=11,
     ).eval()
-    _randomize_bn(theirs)
+    randomize(theirs)
     ours = R.build_model(arch, num_classes=11).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     clip = torch.randn(2, 3, 32, 48, 40)
@@ -58,13 +37,13 @@ def test_slowfast_matches_pytorchvideo(ptv, arch, alpha, kernel):
 
 
 def test_slow_r50_matches_pytorchvideo(ptv):
-    _, _, create_resnet = ptv
+    _, create_resnet = ptv
     theirs = create_resnet(
         stem_conv_kernel_size=(1, 7, 7), head_pool_kernel_size=(8, 2, 2),
         stage1_pool=None, stage_conv_a_kernel_size=((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)),
         model_num_class=9,
     ).eval()
-    _randomize_bn(theirs)
+    randomize(theirs)
     ours = R.slow_r50_8x8(num_classes=9).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 3, 8, 64, 64)  # res5 output 2x2: PyTorchVideo's (8, 2, 2) pool is global

@@ -22,9 +22,15 @@ IntOr3 = Union[int, Sequence[int]]
 
 
 def _triple(v: IntOr3, name: str, min_value: int) -> Tuple[int, int, int]:
-    t = (v, v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 3 or not all(isinstance(e, int) and e >= min_value for e in t):
-        raise ValueError(f"conv3d_bn_act: {name}: expected an int or 3 ints >= {min_value}, got {v!r}")
+    def is_int(e):
+        return isinstance(e, int) and not isinstance(e, bool)
+
+    t = (v, v, v) if is_int(v) else tuple(v) if isinstance(v, (tuple, list, torch.Size)) else ()
+    if len(t) != 3 or not all(is_int(e) and e >= min_value for e in t):
+        got = f"a {type(v).__name__}" if isinstance(v, torch.Tensor) else repr(v)
+        hint = " (residual, activation, out, out_channel_offset and backend are keyword-only)" \
+            if isinstance(v, torch.Tensor) else ""
+        raise ValueError(f"conv3d_bn_act: {name}: expected an int or 3 ints >= {min_value}, got {got}{hint}")
     return t  # type: ignore[return-value]
 
 
@@ -184,6 +190,17 @@ def _conv3d_bn_act_triton_into_fake(x, weight, bias, stride, padding, dilation, 
 # -- native op: fake kernel, and cuDNN's fused conv as its CUDA kernel -------------------------------
 
 def _cudnn_fused(x, weight, bias, stride, padding, dilation, residual, activation):
+    if x.dtype == torch.float32:
+        # fp32 means fp32: cuDNN would otherwise use TF32 (torch's default), and which layers did would
+        # depend on the per-shape choice between cuDNN and the (IEEE fp32) Triton kernel.
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=True, benchmark=cudnn.benchmark, benchmark_limit=cudnn.benchmark_limit,
+                         deterministic=cudnn.deterministic, allow_tf32=False):
+            return _cudnn_fused_call(x, weight, bias, stride, padding, dilation, residual, activation)
+    return _cudnn_fused_call(x, weight, bias, stride, padding, dilation, residual, activation)
+
+
+def _cudnn_fused_call(x, weight, bias, stride, padding, dilation, residual, activation):
     fmt = layout_of(x)
     w = weight.to(x.dtype).contiguous(memory_format=fmt)
     b = None if bias is None else bias.to(x.dtype)
@@ -268,6 +285,7 @@ def conv3d_bn_act(
     stride: IntOr3 = 1,
     padding: IntOr3 = 0,
     dilation: IntOr3 = 1,
+    *,
     residual: Optional[torch.Tensor] = None,
     activation: str = "relu",
     out: Optional[torch.Tensor] = None,
@@ -278,7 +296,8 @@ def conv3d_bn_act(
 
     x [N, C_in, T, H, W] (NCDHW or channels_last_3d; float32, bfloat16, float16); weight
     [C_out, C_in, kd, kh, kw] (any float dtype: cast to x's); bias [C_out] or None (added in fp32 by the
-    fused backends); residual [N, C_out, To, Ho, Wo] or None; activation "relu" | "none".
+    Triton kernel and by oneDNN without a residual; cuDNN and oneDNN's residual fusion take it in x's
+    dtype); residual [N, C_out, To, Ho, Wo] or None; activation "relu" | "none".
     Returns [N, C_out, To, Ho, Wo] in x's dtype and memory format, or, with out ([N, >= C_out + offset,
     To, Ho, Wo], x's dtype, any strides), writes out[:, offset : offset + C_out] and returns that view.
     """

@@ -251,6 +251,7 @@ def lateral_fuse(
     weight: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     fusion: str = "concat",
+    *,
     activation: str = "relu",
     out: Optional[torch.Tensor] = None,
     backend: str = "auto",

@@ -171,7 +171,7 @@ def _check_inputs(video, fast_index, alpha, size, crop, spatial_idx, dtype, out)
         if lo < 0 or hi >= num_v:
             raise ValueError(f"pack_pathways: fast_index: values must lie in [0, {num_v}) (the video's frames), "
                              f"got min {lo}, max {hi}")
-    if not isinstance(alpha, numbers.Integral) or alpha < 1 or idx.shape[-1] // alpha < 1:
+    if not isinstance(alpha, numbers.Integral) or isinstance(alpha, bool) or alpha < 1 or idx.shape[-1] // alpha < 1:
         raise ValueError(f"pack_pathways: alpha: expected an int in [1, T={idx.shape[-1]}], got {alpha!r}")
     for name, value in (("size", size), ("crop", crop)):
         if value is not None and (not isinstance(value, numbers.Integral) or value < 1):

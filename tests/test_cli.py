@@ -1,0 +1,86 @@
+"""The command line: demo (parity printed), classify (1 and 30 views, PySlowFast's protocol), bench, backends."""
+import re
+
+import pytest
+import torch
+
+import slowfast_kernels as sk
+import slowfast_reference as R
+from slowfast_kernels import io
+from slowfast_kernels.__main__ import main
+from _checkpoint_fixtures import randomize
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return io.write_video(tmp_path_factory.mktemp("cli") / "clip.mp4", io.synthetic_video(48, 64, 80), fps=24)
+
+
+def _checkpoint(tmp_path, arch):
+    model = randomize(R.build_model(arch)).eval()
+    path = tmp_path / f"{arch}.pyth"
+    torch.save({"model_state": sk.checkpoints.export_state_dict(model, "pyslowfast")}, path)
+    return model, path
+
+
+def test_demo_prints_parity_and_speed(capsys):
+    assert main(["demo", "--size", "64", "--crop", "64", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    rel = float(re.search(r"max rel ([0-9.e+-]+)", out).group(1))
+    assert rel < 1e-4
+    assert "clips/s" in out and "speedup" in out
+
+
+def _top5(out):
+    rows = re.findall(r"^\s+\d\. (.+?)\s+([0-9.]+)$", out, flags=re.M)
+    return [(name.strip(), float(p)) for name, p in rows]
+
+
+@pytest.mark.parametrize("arch,views", [("slowfast_r50_8x8", 1), ("slow_r50_8x8", 30)])
+def test_classify_matches_the_views_averaged_by_hand(video, tmp_path, capsys, arch, views):
+    model, ckpt = _checkpoint(tmp_path, arch)
+    assert main(["classify", str(video), "--checkpoint", str(ckpt), "--arch", arch, "--views", str(views),
+                 "--size", "48", "--crop", "48", "--device", "cpu", "--dtype", "float32"]) == 0
+    top = _top5(capsys.readouterr().out)
+    assert len(top) == 5
+    # PySlowFast testing: 10 temporal x 3 spatial views (or the first clip's centre), softmax averaged.
+    labels = io.kinetics_400_labels()
+    cfg, rate = model.config, {"slowfast_r50_8x8": 2, "slow_r50_8x8": 8}[arch]
+    temporal, spatial = (10, [0, 1, 2]) if views == 30 else (1, [1])
+    scores = torch.zeros(400)
+    with torch.no_grad():
+        for t in range(temporal):
+            clip = io.read_video(video, num_frames=cfg.num_frames, sampling_rate=rate, clip_idx=t, num_clips=temporal)
+            for s in spatial:
+                slow, fast = sk.pack_pathways_ref(clip.frames, clip.index, cfg.alpha, size=48, crop=48, spatial_idx=s)
+                x = [fast[None]] if cfg.slow_only else [slow[None], fast[None]]
+                scores += model(x).softmax(-1)[0]
+    scores /= temporal * len(spatial)
+    expected = scores.topk(5)
+    assert [name for name, _ in top] == [labels[i] for i in expected.indices.tolist()]
+    torch.testing.assert_close(torch.tensor([p for _, p in top]), expected.values, atol=1e-4, rtol=0)
+
+
+def test_classify_without_checkpoint_warns(video, capsys):
+    with pytest.warns(UserWarning, match="NO CHECKPOINT"):
+        assert main(["classify", str(video), "--size", "32", "--crop", "32", "--device", "cpu",
+                     "--dtype", "float32"]) == 0
+    captured = capsys.readouterr()
+    assert "random weights" in captured.err and len(_top5(captured.out)) == 5
+
+
+def test_classify_bad_video_is_a_clear_error(tmp_path):
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_text("hello")
+    with pytest.raises(io.VideoDecodeError, match="not_a_video.mp4"):
+        main(["classify", str(bad), "--size", "32", "--crop", "32", "--device", "cpu", "--dtype", "float32"])
+
+
+def test_bench_and_backends(capsys):
+    assert main(["bench", "--size", "32", "--runs", "1", "--device", "cpu", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"eager .* clips/s", out) and re.search(r"fused .* clips/s", out)
+    assert main(["backends"]) == 0
+    assert "reference  available" in capsys.readouterr().out
