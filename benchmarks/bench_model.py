@@ -74,6 +74,14 @@ def test_compile(setup, measure):
     _record(measure, "compile", lambda: compiled(inputs))
 
 
+@pytest.mark.skipif(not CUDA, reason="the bf16 GEMM ceiling (for model FLOP utilization) is a GPU figure")
+def test_ceiling_bf16_gemm(measure):
+    """The machine's dense bf16 rate in this run: model FLOP utilization = a model's TFLOP/s / this."""
+    n = 8192
+    a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    measure("ceiling bf16 GEMM 8192^3", "bf16_gemm", lambda: a @ b, device="cuda", rounds=50, flops=2 * n ** 3)
+
+
 def test_fused(setup, measure):
     model, inputs = setup
     fused = sk.fuse(model, dtype=DTYPE, cuda_graph=CUDA)

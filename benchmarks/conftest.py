@@ -115,6 +115,10 @@ def pytest_sessionfinish(session, exitstatus):
             for other in recs:
                 if other["case"] == r["case"] and other is not r:
                     r[f"speedup_vs_{other['impl']}"] = other["median_s"] / r["median_s"]
+        ceiling = next((r["tflops"] for r in recs if r["impl"] == "bf16_gemm"), None)
+        for r in recs:
+            if ceiling and "tflops" in r and r["impl"] != "bf16_gemm":
+                r["model_flop_utilization"] = r["tflops"] / ceiling
         path = RESULTS / f"{machine_tag()}-{suite}.json"
         path.write_text(json.dumps({"machine": info, "results": recs}, indent=1) + "\n")
         lines = [f"\n{suite} ({machine_tag()}, torch {info['torch']}) -> {path.name}",

@@ -64,10 +64,12 @@ class FusedResBlock(nn.Module):
             self.shortcut = Conv3dBNAct.from_conv_bn(block.branch1_conv, block.branch1_norm, activation="none",
                                                      backend=backend)
 
-    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None, x_is_scratch: bool = False) -> torch.Tensor:
+        """x_is_scratch: x is an intermediate of this model that nothing reads after this block."""
         residual = x if self.shortcut is None else self.shortcut(x)
         y = self.b(self.a(x))
-        return self.c(y, residual=residual, out=out, out_channel_offset=0)
+        scratch = self.shortcut is not None or x_is_scratch
+        return self.c(y, residual=residual, out=out, out_channel_offset=0, residual_is_scratch=scratch)
 
 
 class FusedStage(nn.Module):
@@ -76,9 +78,11 @@ class FusedStage(nn.Module):
         self.blocks = nn.ModuleList(FusedResBlock(b, backend) for b in stage.res_blocks)
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        for block in self.blocks[:-1]:
-            x = block(x)
-        return self.blocks[-1](x, out=out)
+        # Block 0 reads the stage input (the caller's, or a lateral buffer); later blocks read the previous
+        # block's output, which only they use: their residual add may overwrite it.
+        for i, block in enumerate(self.blocks[:-1]):
+            x = block(x, x_is_scratch=i > 0)
+        return self.blocks[-1](x, out=out, x_is_scratch=len(self.blocks) > 1)
 
 
 class FusedLateral(nn.Module):

@@ -297,3 +297,24 @@ def test_opcheck_cuda():
     args = (x.cuda(), weight.cuda(), bias.cuda(), list(s), list(p), [d] * 3, r.cuda(), "relu")
     torch.library.opcheck(torch.ops.slowfast_kernels.conv3d_bn_act.default, args)
     torch.library.opcheck(torch.ops.slowfast_kernels.conv3d_bn_act_triton.default, args)
+
+
+@pytest.mark.parametrize("activation", ["relu", "none"])
+def test_module_residual_is_scratch_gives_the_same_result(activation):
+    """The eval path may accumulate into a scratch residual's memory (oneDNN in place): same values."""
+    conv = torch.nn.Conv3d(16, 24, (1, 3, 3), padding=(0, 1, 1), bias=False)
+    bn = torch.nn.BatchNorm3d(24).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    module = sk.Conv3dBNAct.from_conv_bn(conv.eval(), bn, activation=activation).eval()
+    x = torch.randn(2, 16, 3, 9, 7).contiguous(memory_format=CL)
+    residual = torch.randn(2, 24, 3, 9, 7).contiguous(memory_format=CL)
+    with torch.no_grad():
+        expected = module(x, residual=residual.clone())
+        scratch = residual.clone()
+        actual = module(x, residual=scratch, residual_is_scratch=True)
+        y = bn(conv(x)) + residual
+        reference = torch.relu(y) if activation == "relu" else y
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    torch.testing.assert_close(actual, reference, rtol=1e-4, atol=1e-5)

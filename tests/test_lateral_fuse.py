@@ -288,3 +288,18 @@ def test_autograd_and_opcheck_cuda(backend, mode):
     name = "lateral_fuse" if backend == "cuda" else "lateral_fuse_triton"
     torch.library.opcheck(getattr(torch.ops.slowfast_kernels, name).default,
                           (*tensors[:2], mode, alpha, *tensors[2:], "concat", "relu"))
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["ncdhw", "channels_last"])
+def test_parity_sum_and_no_activation_cuda(backend, mode, dtype, layout):
+    (slow, fast, weight, bias), alpha = make_inputs(SHAPES["odd"], mode, "sum", dtype, layout, device="cuda")
+    out = sk.lateral_fuse(slow, fast, mode, alpha, weight, bias, fusion="sum", backend=backend)
+    assert_matches_reference(out, (slow, fast, weight, bias, alpha), mode, "sum", backend=backend)
+    (slow, fast, weight, bias), alpha = make_inputs(SHAPES["odd_alpha8"], mode, dtype=dtype, layout=layout,
+                                                    device="cuda")
+    out = sk.lateral_fuse(slow, fast, mode, alpha, weight, bias, activation="none", backend=backend)
+    assert_matches_reference(out, (slow, fast, weight, bias, alpha), mode, "concat", "none", backend=backend)

@@ -14,6 +14,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "numeric.cuh"
+
 namespace slowfast_kernels {
 namespace lateral {
 
@@ -22,20 +24,6 @@ enum Map : int { kTimeToChannel = 0, kTimeStridedSampling = 1 };
 struct Strides5 {
   int64_t s[5];
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 // dst [N, C, T, H, W] (the lateral slice, or the whole output for sum) (+)= gathered fast values.
 template <typename T, bool ACC>

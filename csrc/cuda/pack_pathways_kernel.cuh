@@ -15,6 +15,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "numeric.cuh"
+
 namespace slowfast_kernels {
 namespace pack {
 
@@ -27,20 +29,6 @@ struct Params {
   int64_t sv[5], sf[5], ss[5];  // element strides: video [N, V, H, W, 3], fast and slow [N, 3, T, h, w]
   float mean[3], stdev[3];
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
 // area_pixel_compute_source_index (align_corners=False) + guard_index_and_lambda, as PyTorch's CUDA
 // upsample evaluates them (the coordinate fma-contracted).
