@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "cuda_scalar.h"
 #include "lateral_fuse_kernel.cuh"
 
 namespace slowfast_kernels {
@@ -24,13 +25,6 @@ bool lateral_slow_in_place(const at::Tensor& slow, const at::Tensor& out);
 
 namespace {
 
-template <typename T>
-struct DeviceType { using type = T; };
-template <>
-struct DeviceType<at::BFloat16> { using type = __nv_bfloat16; };
-template <>
-struct DeviceType<at::Half> { using type = __half; };
-
 lateral::Strides5 strides5(const at::Tensor& t) {
   lateral::Strides5 s;
   for (int d = 0; d < 5; ++d) s.s[d] = t.dim() > d ? t.stride(d) : 0;
@@ -40,7 +34,7 @@ lateral::Strides5 strides5(const at::Tensor& t) {
 template <typename scalar_t>
 void launch_copy(const at::Tensor& fast, const at::Tensor& dst, int map, int64_t alpha, bool acc,
                  cudaStream_t stream) {
-  using T = typename DeviceType<scalar_t>::type;
+  using T = typename CudaScalar<scalar_t>::type;
   const int64_t total = dst.numel();
   if (total == 0) return;
   const int threads = 256;
@@ -65,7 +59,7 @@ auto conv_kernel(bool relu, bool acc) {
 template <typename scalar_t>
 void launch_conv(const at::Tensor& fast, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                  const at::Tensor& dst, int64_t alpha, bool relu, bool acc, cudaStream_t stream) {
-  using T = typename DeviceType<scalar_t>::type;
+  using T = typename CudaScalar<scalar_t>::type;
   const int64_t N = dst.size(0), CO = dst.size(1), Tn = dst.size(2), H = dst.size(3), W = dst.size(4);
   const int64_t P = N * Tn * H * W, K = weight.size(2);
   if (P == 0 || CO == 0) return;

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "cuda_scalar.h"
 #include "pack_pathways_kernel.cuh"
 
 namespace slowfast_kernels {
@@ -22,18 +23,11 @@ std::tuple<at::Tensor, at::Tensor> pack_pathways_empty(const at::Tensor& video, 
 
 namespace {
 
-template <typename T>
-struct DeviceType { using type = T; };
-template <>
-struct DeviceType<at::BFloat16> { using type = __nv_bfloat16; };
-template <>
-struct DeviceType<at::Half> { using type = __half; };
-
 template <typename in_t, typename out_t>
 void launch(const at::Tensor& video, const at::Tensor& fi, const at::Tensor& si, const at::Tensor& slow,
             const at::Tensor& fast, const pack::Params& p, cudaStream_t stream) {
-  using In = typename DeviceType<in_t>::type;
-  using Out = typename DeviceType<out_t>::type;
+  using In = typename CudaScalar<in_t>::type;
+  using Out = typename CudaScalar<out_t>::type;
   const cudaError_t err = pack::launch_pack_pathways<In, Out>(
       reinterpret_cast<const In*>(video.const_data_ptr<in_t>()), fi.const_data_ptr<int64_t>(),
       si.const_data_ptr<int64_t>(), reinterpret_cast<Out*>(fast.mutable_data_ptr<out_t>()),

@@ -1,0 +1,2 @@
+// Stub: the CPU torch wheel ships no CUDA build configuration.
+#pragma once
