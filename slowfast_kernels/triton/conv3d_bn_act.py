@@ -12,10 +12,11 @@ channel slices of an output buffer need no copies.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Sequence
 
 import torch
+
+from ..backends import triton_interpreter_enabled
 
 try:
     import triton
@@ -25,8 +26,7 @@ except ImportError:  # the library imports without triton; the backend reports i
     tl = None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+_interpreting = triton_interpreter_enabled
 
 
 if triton is not None:

@@ -10,9 +10,10 @@ Offsets are int64: a [64, 8, 32, 224, 224] tensor has more than 2**31 elements.
 """
 from __future__ import annotations
 
-import os
 
 import torch
+
+from ..backends import triton_interpreter_enabled
 import triton
 import triton.language as tl
 
@@ -94,7 +95,7 @@ def _lateral_fuse_conv_kernel(
 
 def _bf16_dot_broken(dtype) -> bool:
     # Triton's CPU interpreter multiplies bf16 tiles as raw bits (results ~1e10): upcast there only.
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return dtype == torch.bfloat16 and triton_interpreter_enabled()
 
 
 def _pow2(x: int, lo: int, hi: int) -> int:
