@@ -14,7 +14,7 @@ What changes against the reference (and why it is faster):
 """
 from __future__ import annotations
 
-import math
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -134,6 +134,10 @@ class FusedLateral(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
+def _run_into(stage: FusedStage, x: torch.Tensor, buf: Optional[torch.Tensor]) -> torch.Tensor:
+    return stage(x, out=buf)
+
+
 class FusedSlowFast(nn.Module):
     """Inference-only drop-in for a reference SlowFast: ``fused([slow, fast])`` (or ``fused([x])``).
 
@@ -200,17 +204,12 @@ class FusedSlowFast(nn.Module):
             return view
 
         x = self._fuse(0, stem_slow, self.stems[0].conv.out_channels, fast)
-        for i, (slow_stage, fast_stage) in enumerate(self.stages):
+        for site, (slow_stage, fast_stage) in enumerate(self.stages[:3], start=1):  # res2..res4: a lateral each
             fast = fast_stage(fast)
-            if i == 3:
-                x = slow_stage(x)
-                break
-
-            def stage_slow(buf, slow_stage=slow_stage, x=x):
-                return slow_stage(x, out=buf)
-
-            x = self._fuse(i + 1, stage_slow, slow_stage.blocks[-1].c.out_channels, fast)
-        return [x, fast]
+            produce = functools.partial(_run_into, slow_stage, x)
+            x = self._fuse(site, produce, slow_stage.blocks[-1].c.out_channels, fast)
+        slow_stage, fast_stage = self.stages[3]  # res5: no lateral
+        return [slow_stage(x), fast_stage(fast)]
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         check_inputs(self.config, inputs)
