@@ -5,7 +5,7 @@ import torch
 
 import slowfast_kernels as sk
 from slowfast_kernels.backends import BackendUnavailable, backend_unavailable_reason, triton_interpreter_enabled
-from slowfast_reference.lateral import FuseFastToSlow
+from slowfast_reference.lateral import FuseFastToSlow, lateral_channels
 
 from conftest import requires_cuda
 
@@ -23,14 +23,10 @@ SHAPES = {  # (N, Cs, Cf, T_slow, H, W, alpha, K)
 CONV_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4)}
 
 
-def lateral_count(mode, cf, alpha):
-    return {"time_to_channel": cf * alpha, "time_strided_sampling": cf, "time_strided_conv": 2 * cf}[mode]
-
-
 def make_inputs(shape, mode, fusion="concat", dtype=torch.float32, layout="ncdhw", device="cpu", grad=False):
     n, cs, cf, t, h, w, alpha, k = shape
     if fusion == "sum":
-        cs = lateral_count(mode, cf, alpha)
+        cs = lateral_channels(mode, cf, alpha)
     slow = torch.randn(n, cs, t, h, w, dtype=dtype, device=device)
     fast = torch.randn(n, cf, t * alpha, h, w, dtype=dtype, device=device)
     if layout == "channels_last":

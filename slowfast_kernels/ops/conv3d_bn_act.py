@@ -214,8 +214,7 @@ def _cudnn_fused_call(x, weight, bias, stride, padding, dilation, residual, acti
     return y if residual is None else y.add_(residual)
 
 
-# hasattr: an extension built before this op existed loads but lacks its schema.
-if _ext.LOAD_ERROR is None and hasattr(torch.ops.slowfast_kernels, "conv3d_bn_act"):
+if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("slowfast_kernels::conv3d_bn_act")
     def _conv3d_bn_act_fake(x, weight, bias, stride, padding, dilation, residual, activation):

@@ -293,8 +293,7 @@ def _pack_pathways_triton_fake(video, fast_index, slow_index, resized, crop_box,
     return _empty_outputs(video, fast_index, slow_index, crop_box, dtype, channels_last)
 
 
-# An extension built before these schemas existed lacks them; the op then reports no cpu/cuda kernel.
-if _ext.LOAD_ERROR is None and hasattr(torch.ops.slowfast_kernels, "pack_pathways_into"):
+if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("slowfast_kernels::pack_pathways")
     def _pack_pathways_fake(video, fast_index, slow_index, resized, crop_box, mean, std, dtype, channels_last):

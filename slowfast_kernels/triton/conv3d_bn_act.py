@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..backends import triton_interpreter_enabled
+from ..ops.conv3d_bn_act import output_shape
 
 try:
     import triton
@@ -184,9 +185,7 @@ def _conv3d_bn_act_triton(
     weight must already be in x's dtype."""
     N, C_in, D, H, W = x.shape
     C_out, _, KD, KH, KW = weight.shape
-    To = (D + 2 * padding[0] - dilation[0] * (KD - 1) - 1) // stride[0] + 1
-    Ho = (H + 2 * padding[1] - dilation[1] * (KH - 1) - 1) // stride[1] + 1
-    Wo = (W + 2 * padding[2] - dilation[2] * (KW - 1) - 1) // stride[2] + 1
+    _, _, To, Ho, Wo = output_shape(x.shape, weight.shape, stride, padding, dilation)
     M = N * To * Ho * Wo
     K = C_in * KD * KH * KW
     if M == 0 or C_out == 0:
