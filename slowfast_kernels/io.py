@@ -142,13 +142,16 @@ def _to_tensor(frames: List[np.ndarray]) -> torch.Tensor:
 
 
 def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rate: int = 1, clip_idx: int = 0,
-               num_clips: int = 1, generator: Optional[torch.Generator] = None, seek: bool = True) -> DecodedClip:
+               num_clips: int = 1, generator: Optional[torch.Generator] = None, seek: bool = True,
+               target_fps: Optional[float] = 30) -> DecodedClip:
     """Decode a video, or only the frames of one clip.
 
     num_frames None: every frame; clip.index = arange(V). Otherwise the clip of num_frames frames
-    `sampling_rate` apart, number clip_idx of num_clips spread uniformly over the video (clip_idx -1:
-    a random start), exactly PySlowFast's temporal sampling (temporal_indices); a video shorter than
-    the clip repeats its last frame. Raises FileNotFoundError for a missing file and VideoDecodeError
+    `sampling_rate` apart at target_fps, number clip_idx of num_clips spread uniformly over the video
+    (clip_idx -1: a random start), exactly PySlowFast's temporal sampling (temporal_indices with the
+    stream's average frame rate as fps: a 25 fps video spans 25/30 as many of its frames per clip as a
+    30 fps one); target_fps=None samples every `sampling_rate`-th frame whatever the rate. A video shorter
+    than the clip repeats its last frame. Raises FileNotFoundError for a missing file and VideoDecodeError
     for a file that is not a video, has no video stream, or is corrupt or truncated.
     """
     s = _Stream(path)
@@ -164,7 +167,9 @@ def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rat
             return DecodedClip(_to_tensor(frames), torch.arange(len(frames)), s.fps or 0.0, 0, len(frames))
 
         total = s.num_frames()
-        index = temporal_indices(total, num_frames, sampling_rate, clip_idx, num_clips, generator)
+        fps = s.fps if target_fps is not None else None
+        index = temporal_indices(total, num_frames, sampling_rate, clip_idx, num_clips, generator, fps=fps,
+                                 target_fps=target_fps if target_fps is not None else 30)
         first, last = int(index.min()), int(index.max())
         window = _decode_window(s, first, last, seek)
         if window is None and seek:  # the seek landed after `first` (imprecise index): decode from the start

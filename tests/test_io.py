@@ -34,6 +34,18 @@ def encode(path, frames=FRAMES, faststart=False, gop=8):
     return path
 
 
+def encode_rate(path, fps, frames):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
@@ -73,7 +85,7 @@ def test_read_all_frames(full):
 @pytest.mark.parametrize("clip_idx", [0, 1, 2])
 def test_clip_frames_equal_full_decode(videos, full, clip_idx, seek):
     clip = io.read_video(videos["moving"], num_frames=8, sampling_rate=2, clip_idx=clip_idx, num_clips=3, seek=seek)
-    want = sk.temporal_indices(FRAMES, 8, 2, clip_idx, 3)
+    want = sk.temporal_indices(FRAMES, 8, 2, clip_idx, 3, fps=FPS)
     assert clip.start_frame == int(want.min()) and clip.num_video_frames == FRAMES
     assert clip.frames.shape[0] == int(want.max() - want.min()) + 1  # only the clip's span was kept
     assert torch.equal(clip.frames[clip.index], full.frames[want])
@@ -81,8 +93,23 @@ def test_clip_frames_equal_full_decode(videos, full, clip_idx, seek):
 
 def test_short_video_repeats_last_frame(videos, full):
     clip = io.read_video(videos["moving"], num_frames=32, sampling_rate=2)
-    assert torch.equal(clip.frames[clip.index], full.frames[sk.temporal_indices(FRAMES, 32, 2)])
+    assert torch.equal(clip.frames[clip.index], full.frames[sk.temporal_indices(FRAMES, 32, 2, fps=FPS)])
     assert (clip.index == FRAMES - 1).sum() > 1
+
+
+@pytest.mark.parametrize("fps", [24, 25, 30, 60])
+def test_clip_span_follows_the_frame_rate(tmp_path, fps):
+    """PySlowFast's decoder scales the clip by fps / 30: 8 frames every 4 at 30 fps span 32 frames of a 30 fps
+    video, 26.7 of a 25 fps one, 64 of a 60 fps one."""
+    path = tmp_path / f"v{fps}.mp4"
+    encode_rate(path, fps, frames=120)
+    clip = io.read_video(path, num_frames=8, sampling_rate=4, clip_idx=1, num_clips=3)
+    assert clip.fps == fps
+    want = sk.temporal_indices(120, 8, 4, 1, 3, fps=fps)
+    assert torch.equal(clip.index + clip.start_frame, want)
+    assert abs(int(want[-1] - want[0]) - (32 * fps / 30 - 1)) < 1  # the span in this video's frames
+    legacy = io.read_video(path, num_frames=8, sampling_rate=4, clip_idx=1, num_clips=3, target_fps=None)
+    assert torch.equal(legacy.index + legacy.start_frame, sk.temporal_indices(120, 8, 4, 1, 3))
 
 
 def test_random_clip_reproducible(videos, full):

@@ -1,5 +1,6 @@
 """pack_pathways and temporal_indices: PySlowFast semantics, every backend that runs here against the
 eager reference composition, on odd shapes; opcheck; torch.compile; bad input; int64 offsets."""
+import numpy as np
 import pytest
 import torch
 
@@ -17,9 +18,12 @@ BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not NATIVE, reason="ext
             "reference"]
 
 
-def pyslowfast_indices(v, num_frames, sampling_rate, clip_idx, num_clips):
-    """PySlowFast decoder.get_start_end_idx (use_offset=False) + temporal_sampling, written out."""
+def pyslowfast_indices(v, num_frames, sampling_rate, clip_idx, num_clips, fps=None, target_fps=30):
+    """PySlowFast decoder.get_start_end_idx (use_offset=False) + temporal_sampling, written out; with fps,
+    decoder.decode's clip size np.maximum(1.0, sampling_rate * num_frames / target_fps * fps)."""
     clip_size = num_frames * sampling_rate
+    if fps is not None:
+        clip_size = np.maximum(1.0, sampling_rate * num_frames / target_fps * fps)
     delta = max(v - clip_size, 0)
     start = delta * clip_idx / num_clips
     end = start + clip_size - 1
@@ -33,6 +37,30 @@ def test_temporal_indices_match_pyslowfast(v, t, rate, clip_idx, num_clips):
     got = sk.temporal_indices(v, t, rate, clip_idx, num_clips)
     assert got.dtype == torch.long and got.shape == (t,)
     assert torch.equal(got, pyslowfast_indices(v, t, rate, clip_idx, num_clips))
+
+
+@pytest.mark.parametrize("fps", [24, 25, 29.97, 30, 60])
+@pytest.mark.parametrize("v,t,rate,clip_idx,num_clips", [
+    (300, 32, 2, 0, 1), (300, 32, 2, 1, 3), (250, 8, 8, 9, 10), (1000, 32, 2, 4, 10),
+    (50, 32, 2, 0, 1), (70, 32, 2, 2, 3)])  # 50 and 70 frames: shorter than the clip at some rates
+def test_temporal_indices_scale_the_span_by_the_frame_rate(v, t, rate, clip_idx, num_clips, fps):
+    got = sk.temporal_indices(v, t, rate, clip_idx, num_clips, fps=fps)
+    assert torch.equal(got, pyslowfast_indices(v, t, rate, clip_idx, num_clips, fps=fps))
+    span = t * rate * fps / 30  # frames of this video covered by one clip
+    if v >= span:
+        assert abs(int(got[-1] - got[0]) - (span - 1)) < 1
+    else:  # clamped at the end (the last frame repeats once the clip is clearly longer than the video)
+        assert got[0] == 0 and got[-1] == v - 1
+        assert (got == v - 1).sum() > 1 or span - v < 2
+
+
+def test_temporal_indices_fps_30_and_none_agree():
+    for clip_idx in range(10):
+        assert torch.equal(sk.temporal_indices(300, 32, 2, clip_idx, 10, fps=30),
+                           sk.temporal_indices(300, 32, 2, clip_idx, 10))
+    # target_fps moves the reference rate: 60 fps sampled at target 60 equals 30 fps at target 30
+    assert torch.equal(sk.temporal_indices(300, 8, 8, 1, 3, fps=60, target_fps=60),
+                       sk.temporal_indices(300, 8, 8, 1, 3, fps=30))
 
 
 def test_temporal_indices_short_video_repeats_last_frame():
@@ -55,6 +83,11 @@ def test_temporal_indices_bad_args():
         sk.temporal_indices(10, 0, 2)
     with pytest.raises(ValueError, match=r"clip_idx: expected -1 \(random\) or an int in \[0, 3\)"):
         sk.temporal_indices(10, 4, 2, clip_idx=3, num_clips=3)
+    for bad in (0, -25, float("nan"), "25"):
+        with pytest.raises(ValueError, match="fps: expected a positive number"):
+            sk.temporal_indices(10, 4, 2, fps=bad)
+    with pytest.raises(ValueError, match="target_fps: expected a positive number"):
+        sk.temporal_indices(10, 4, 2, fps=25, target_fps=0)
 
 
 def test_slow_frames_are_pyslowfast_linspace():

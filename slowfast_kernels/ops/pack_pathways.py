@@ -27,31 +27,45 @@ Floats3 = Union[float, Sequence[float]]
 
 
 def temporal_indices(num_video_frames: int, num_frames: int, sampling_rate: int, clip_idx: int = 0,
-                     num_clips: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                     num_clips: int = 1, generator: Optional[torch.Generator] = None, *,
+                     fps: Optional[float] = None, target_fps: float = 30) -> torch.Tensor:
     """The num_frames frame indices of clip `clip_idx` of `num_clips` (PySlowFast decoder, use_offset=False).
 
-    clip_size = num_frames * sampling_rate, delta = max(V - clip_size, 0), start = delta * clip_idx /
-    num_clips (clip_idx = -1: uniform in [0, delta], drawn from `generator`), index =
-    clamp(linspace(start, start + clip_size - 1, num_frames), 0, V - 1).long(). A video shorter than the
-    clip repeats its last frame.
+    clip_size = max(1, num_frames * sampling_rate * fps / target_fps) (sampling_rate counts frames at
+    target_fps, PySlowFast's TARGET_FPS 30: a 25 fps video spans fewer of its frames per clip, a 60 fps one
+    more; fps=None: num_frames * sampling_rate, for frames without a known rate), delta = max(V - clip_size,
+    0), start = delta * clip_idx / num_clips (clip_idx = -1: uniform in [0, delta], drawn from `generator`),
+    index = clamp(linspace(start, start + clip_size - 1, num_frames), 0, V - 1).long(). A video shorter
+    than the clip repeats its last frame.
     """
     for name, value in (("num_video_frames", num_video_frames), ("num_frames", num_frames),
                         ("sampling_rate", sampling_rate), ("num_clips", num_clips)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"temporal_indices: {name}: expected a positive int, got {value!r}")
-    if not isinstance(clip_idx, numbers.Integral) or not -1 <= clip_idx < num_clips:
+    if not isinstance(clip_idx, numbers.Integral) or isinstance(clip_idx, bool) or not -1 <= clip_idx < num_clips:
         raise ValueError(f"temporal_indices: clip_idx: expected -1 (random) or an int in [0, {num_clips}), "
                          f"got {clip_idx!r}")
-    clip_size = num_frames * sampling_rate
-    delta = max(num_video_frames - clip_size, 0)
+    for name, value in (("fps", fps), ("target_fps", target_fps)):
+        if value is None and name == "fps":
+            continue
+        if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
+                or value <= 0):
+            raise ValueError(f"temporal_indices: {name}: expected a positive number of frames per second, "
+                             f"got {value!r}")
+    if fps is None:
+        clip_size: float = int(num_frames) * int(sampling_rate)
+    else:
+        # PySlowFast: np.maximum(1.0, sampling_rate * num_frames / target_fps * fps), in float64.
+        clip_size = max(1.0, float(sampling_rate) * float(num_frames) / float(target_fps) * float(fps))
+    delta = max(int(num_video_frames) - clip_size, 0)
     if clip_idx == -1:
         start = delta * torch.rand((), dtype=torch.float64, generator=generator).item()
     else:
-        start = delta * clip_idx / num_clips
+        start = delta * int(clip_idx) / int(num_clips)
     end = start + clip_size - 1
     # float32 linspace, as PySlowFast computes it: the rounding decides some indices.
-    index = torch.linspace(start, end, num_frames)
-    return torch.clamp(index, 0, num_video_frames - 1).long()
+    index = torch.linspace(start, end, int(num_frames))
+    return torch.clamp(index, 0, int(num_video_frames) - 1).long()
 
 
 def _floats3(value: Floats3, name: str) -> Tuple[float, float, float]:
