@@ -40,11 +40,12 @@ def _summary(times: List[float], batch: int) -> str:
     return f"{batch / med:7.2f} clips/s (median {med * 1e3:8.1f} ms, min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f})"
 
 
-def _build(args, num_classes: int = 400):
+def _build(args, num_classes: int = 400, head_act=None):
     import slowfast_reference as R
     import slowfast_kernels as sk
 
-    model = R.build_model(args.arch, num_classes=num_classes).eval()
+    model = R.build_model(args.arch, num_classes=num_classes, head_act=head_act,
+                          train_crop=getattr(args, "train_crop", 224)).eval()
     if getattr(args, "checkpoint", None):
         sk.load_checkpoint(model, args.checkpoint)
     return model.to(args.device)
@@ -118,7 +119,9 @@ def _classify(args: argparse.Namespace) -> int:
         warnings.warn("classify: NO CHECKPOINT GIVEN (--checkpoint PATH): the model has random weights and "
                       "its labels are meaningless", stacklevel=1)
         print("WARNING: no --checkpoint: random weights, the labels below are meaningless", file=sys.stderr)
-    model = _build(args, num_classes=len(labels))
+    # PySlowFast's test protocol: softmax per head position (2x2 positions at a 256 crop), averaged over
+    # positions by the model, then over the views here.
+    model = _build(args, num_classes=len(labels), head_act="softmax")
     cfg = model.config
     fused = sk.fuse(model, dtype=DTYPES[args.dtype], backend=args.backend)
     temporal, spatial = (10, 3) if args.views == 30 else (1, 1)
@@ -132,8 +135,8 @@ def _classify(args: argparse.Namespace) -> int:
                 frames, index = clip.frames.to(args.device), clip.index.to(args.device)
                 for s in range(spatial):
                     spatial_idx = 1 if spatial == 1 else s
-                    logits = fused.from_video(frames, index, size=args.size, crop=args.crop, spatial_idx=spatial_idx)
-                    scores += logits.float().softmax(-1)[0].cpu()  # PySlowFast: average the views' softmax
+                    probs = fused.from_video(frames, index, size=args.size, crop=args.crop, spatial_idx=spatial_idx)
+                    scores += probs.float()[0].cpu()  # PySlowFast: the views' probabilities summed
                     _progress(t * spatial + s + 1, temporal * spatial, label)
         scores /= temporal * spatial
         top = scores.topk(args.top)
@@ -213,6 +216,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     classify.add_argument("--views", type=int, default=1, choices=[1, 30],
                           help="1: centre crop of the first clip; 30: 10 temporal x 3 spatial (PySlowFast testing)")
     classify.add_argument("--top", type=int, default=5)
+    classify.add_argument("--train-crop", type=int, default=224,
+                          help="the checkpoint's training crop: the head pools windows of train_crop / 32 "
+                               "(224 for every released SlowFast checkpoint)")
     common(classify)
     classify.set_defaults(func=_classify)
 

@@ -495,7 +495,9 @@ def load_checkpoint(
     MMAction2's default laterals are bare convolutions (no BN, no ReLU). When such a checkpoint (lateral
     conv weights, no lateral BN keys) is loaded into a model built with lateral BN, the loader selects
     the bare form: each lateral's norm and activation become None and ``model.lateral_norm`` False, so
-    the model computes what MMAction2's does. Returns the model, loaded in place.
+    the model computes what MMAction2's does. MMAction2's head pools each pathway globally
+    (AdaptiveAvgPool3d), so loading its weights also switches the head to ``head_pool="global"``; the other
+    layouts come from PySlowFast's fixed-window head and leave it as built. Returns the model, loaded in place.
     """
     if format not in _FORMAT_CHOICES:
         raise ValueError(f"format must be one of {_FORMAT_CHOICES}, got {format!r}")
@@ -529,6 +531,8 @@ def load_checkpoint(
         warnings.warn(message.replace("nothing was loaded", "the matching tensors were loaded"), stacklevel=2)
     if bare:
         _make_laterals_bare(model)
+    if fmt == "mmaction2":
+        model.set_head_pool("global")
     ours = model.state_dict()
     with torch.no_grad():
         for key, tensor in pairs:

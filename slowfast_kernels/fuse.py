@@ -29,6 +29,7 @@ from slowfast_reference.models import (
     ResStage,
     SlowFast,
     check_inputs,
+    head_pool,
 )
 
 from .modules import Conv3dBNAct
@@ -164,6 +165,7 @@ class FusedSlowFast(nn.Module):
             self.laterals = nn.ModuleList(FusedLateral(f, backend) for f in fusions)
         assert isinstance(head, ResNetBasicHead)
         self.head_act = head.head_act
+        self.head_kernels = model.head_pool_kernels() or [None] * model.num_pathways
         self.register_buffer("head_weight", head.proj.weight.detach().float().clone())
         self.register_buffer("head_bias", head.proj.bias.detach().float().clone())
         # Parameters stay fp32 (folding is exact in fp32); each op computes in the activations' dtype
@@ -211,12 +213,27 @@ class FusedSlowFast(nn.Module):
         slow_stage, fast_stage = self.stages[3]  # res5: no lateral
         return [slow_stage(x), fast_stage(fast)]
 
+    def head(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The reference head in eval mode, in fp32: each pathway pooled with its fixed window (stride 1),
+        the classifier at every remaining position, softmax per position (head_act), mean over positions.
+        Without softmax the mean of the logits is the logits of the mean feature (the classifier is
+        linear), so the positions are averaged first."""
+        pooled = []
+        for f, kernel in zip(feats, self.head_kernels):
+            if kernel is None or all(k >= size for k, size in zip(kernel, f.shape[2:])):
+                # one position: a global mean, accumulated in fp32 without a widened copy of f
+                pooled.append(f.mean(dim=(2, 3, 4), keepdim=True, dtype=torch.float32))
+            else:
+                pooled.append(head_pool(f.float(), kernel))
+        x = torch.cat(pooled, dim=1)
+        if self.head_act != "softmax":
+            return torch.nn.functional.linear(x.mean(dim=(2, 3, 4)), self.head_weight, self.head_bias)
+        logits = torch.nn.functional.linear(x.permute(0, 2, 3, 4, 1), self.head_weight, self.head_bias)
+        return logits.softmax(dim=-1).mean(dim=(1, 2, 3))
+
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         check_inputs(self.config, inputs)
-        feats = self.features(inputs)
-        pooled = torch.cat([f.float().mean(dim=(2, 3, 4)) for f in feats], dim=1)
-        logits = torch.nn.functional.linear(pooled, self.head_weight, self.head_bias)
-        return logits.softmax(dim=-1) if self.head_act == "softmax" else logits
+        return self.head(self.features(inputs))
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
         """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways."""

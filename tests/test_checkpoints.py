@@ -176,6 +176,29 @@ def test_mmaction2_bare_laterals_switch_the_model(tmp_path):
     torch.testing.assert_close(logits(target, x), logits(src, x), rtol=0, atol=0)
 
 
+def test_mmaction2_keeps_its_global_head_pool():
+    """MMAction2's SlowFastHead: AdaptiveAvgPool3d(1) per pathway, concat [fast, slow], fc. Loading its weights
+    switches the head to a global pool; PySlowFast's weights keep the fixed (T, 7, 7) window."""
+    src = randomize(R.slowfast_r50_8x8(num_classes=NUM_CLASSES, train_crop=64)).eval()
+    sd = export_state_dict(src, "mmaction2")
+    target = R.slowfast_r50_8x8(num_classes=NUM_CLASSES, train_crop=64)
+    load_checkpoint(target, {"state_dict": sd}).eval()
+    assert target.head_pool == "global" and target.head_pool_kernels() is None
+    x = inputs(target, size=96)  # res5 maps of 3x3: 2x2 windows (train_crop 64) at 4 overlapping positions
+    with torch.no_grad():
+        y = list(x)
+        for block in target.blocks[:-2]:
+            y = block(y)
+        slow, fast = (t.mean(dim=(2, 3, 4)) for t in y)
+        mmaction2 = torch.nn.functional.linear(torch.cat([fast, slow], dim=1), sd["cls_head.fc_cls.weight"],
+                                               sd["cls_head.fc_cls.bias"])
+        torch.testing.assert_close(logits(target, x), mmaction2, rtol=1e-5, atol=1e-5)
+        pyslowfast = R.slowfast_r50_8x8(num_classes=NUM_CLASSES, train_crop=64)
+        load_checkpoint(pyslowfast, export_state_dict(src, "pyslowfast"))
+        assert pyslowfast.head_pool == "fixed"
+        assert (logits(pyslowfast, x) - mmaction2).abs().max() > 1e-3 * mmaction2.abs().max()
+
+
 def test_legacy_and_ddp_files(sources, tmp_path):
     src, _, _, target = sources("slow_r50_8x8")
     legacy = tmp_path / "legacy.pyth"

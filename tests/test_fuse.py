@@ -56,6 +56,27 @@ def test_fused_bare_lateral_and_softmax_head():
     torch.testing.assert_close(out.sum(-1), torch.ones(1))
 
 
+@pytest.mark.parametrize("head_act", [None, "softmax"])
+@pytest.mark.parametrize("arch", ["slowfast_r50_8x8", "slow_r50_8x8"])
+def test_fused_head_pools_the_fixed_window(arch, head_act):
+    """PySlowFast's head at a test crop above the training crop: several positions, classified one by one
+    (train_crop 64 at a 96x128 input leaves 2x3 positions, as 224 leaves 2x2 at 256)."""
+    model = randomize(R.build_model(arch, num_classes=6, head_act=head_act, train_crop=64)).eval()
+    with torch.no_grad():  # logits of order 1: the per-position softmax must not saturate to one-hot
+        model.blocks[-1].proj.weight.mul_(1e-3)
+    cfg = model.config
+    clip = torch.randn(2, 3, cfg.num_frames, 96, 128)
+    x = [clip] if cfg.slow_only else R.pack_pathways(clip, cfg.alpha)
+    fused = sk.fuse(model)
+    with torch.no_grad():
+        expected, actual = model(x), fused(x)
+        pooled_globally = sk.fuse(copy.deepcopy(model).set_head_pool("global"))(x)
+    assert _rel_err(actual, expected) < 1e-4
+    assert _rel_err(pooled_globally, expected) > 1e-3  # the window matters at this size
+    if head_act == "softmax":
+        torch.testing.assert_close(actual.sum(-1), torch.ones(2))
+
+
 def test_fused_reference_backend_matches():
     model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
     x = _inputs(model)

@@ -7,7 +7,8 @@ Semantics are PySlowFast's: see DESIGN.md, "The network".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -34,10 +35,18 @@ class SlowFastConfig:
     # temporal kernel for conv a, the others 1 (R101 16x8 uses 6 of 23 in res4). None: all blocks.
     num_block_temp_kernel: Optional[Tuple[int, int, int, int]] = None
     slow_only: bool = False
+    train_crop: int = 224               # DATA.TRAIN_CROP_SIZE: fixes the head's pooling window (crop / 32)
 
     @property
     def stage_depths(self) -> Tuple[int, ...]:
         return STAGE_DEPTHS[self.depth]
+
+    def head_pool_kernels(self) -> List[Tuple[int, int, int]]:
+        """PySlowFast's head AvgPool3d windows per pathway: (T_pathway, train_crop / 32, train_crop / 32)."""
+        s = self.train_crop // 32
+        if self.slow_only:
+            return [(self.num_frames, s, s)]
+        return [(self.num_frames // self.alpha, s, s), (self.num_frames, s, s)]
 
 
 CONFIGS = {
@@ -145,36 +154,64 @@ class MultiPathWayWithFuse(nn.Module):
         return x
 
 
+HEAD_POOLS = ("fixed", "global")
+
+
+def head_pool(x: torch.Tensor, kernel: Optional[Tuple[int, int, int]]) -> torch.Tensor:
+    """The head's pooling of one pathway: AvgPool3d(kernel, stride 1) (PySlowFast, PyTorchVideo), or the
+    global mean when kernel is None (MMAction2, PySlowFast's multigrid). [N, C, T, H, W] -> [N, C, t, h, w].
+
+    A feature map smaller than the window in some dimension is pooled whole in it (PySlowFast would
+    raise): inputs below the training crop then get a global pool, as the window was meant to be."""
+    k = None if kernel is None else [min(int(kd), int(size)) for kd, size in zip(kernel, x.shape[2:])]
+    if k is None or k == list(x.shape[2:]):
+        return x.mean(dim=(2, 3, 4), keepdim=True)
+    return torch.nn.functional.avg_pool3d(x, k, stride=1)
+
+
 class PoolConcatPathway(nn.Module):
-    """Global average pool over (T, H, W) per pathway, then concat [slow, fast] along channels."""
+    """Per pathway AvgPool3d with a FIXED window (T_pathway, train_crop / 32, train_crop / 32), stride 1,
+    then concat [slow, fast] along channels. At a 224 input one position remains (a global pool); at 256 a
+    2x2 map remains, which the head classifies position by position. kernels=None: global pools."""
+
+    def __init__(self, kernels: Optional[Sequence[Tuple[int, int, int]]] = None) -> None:
+        super().__init__()
+        self.kernels = None if kernels is None else [tuple(k) for k in kernels]
+
+    def extra_repr(self) -> str:
+        return "global" if self.kernels is None else f"kernels={self.kernels}, stride=1"
 
     def forward(self, x: List[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([xi.mean(dim=(2, 3, 4), keepdim=True) for xi in x], dim=1)
+        kernels = self.kernels or [None] * len(x)
+        return torch.cat([head_pool(xi, k) for xi, k in zip(x, kernels)], dim=1)
 
 
 class ResNetBasicHead(nn.Module):
-    """Dropout -> Linear over channels -> (eval only, PySlowFast) activation -> mean over positions.
+    """(Slow-only: pool ->) dropout -> Linear over channels at every position -> (eval only, PySlowFast)
+    activation -> mean over positions.
 
-    Input [N, C, t, h, w] (t = h = w = 1 after the global pool). head_act=None returns logits averaged
-    over positions (PyTorchVideo); "softmax" returns PySlowFast's test-time probabilities: softmax per
-    position in eval mode, then their mean. In train mode both return logits (for the loss).
+    Input [N, C, t, h, w]. head_act=None returns the mean of the logits over positions (PyTorchVideo);
+    "softmax" returns PySlowFast's test-time probabilities: softmax per position in eval mode, then their
+    mean. In train mode both return logits (for the loss). pool_kernel (Slow-only, where the head pools):
+    the fixed AvgPool3d window, None for a global pool.
     """
 
     def __init__(
         self, in_features: int, num_classes: int, dropout: float = 0.5, head_act: Optional[str] = None,
-        global_pool: bool = False,
+        pool: bool = False, pool_kernel: Optional[Tuple[int, int, int]] = None,
     ) -> None:
         super().__init__()
         if head_act not in (None, "softmax"):
             raise ValueError(f"head_act must be None or 'softmax', got {head_act!r}")
-        self.global_pool = global_pool  # Slow-only: the head pools (PyTorchVideo blocks.5.pool)
+        self.pool = pool  # Slow-only: the head pools (PyTorchVideo blocks.5.pool)
+        self.pool_kernel = None if pool_kernel is None else tuple(pool_kernel)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(in_features, num_classes)
         self.head_act = head_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool:
-            x = x.mean(dim=(2, 3, 4), keepdim=True)
+        if self.pool:
+            x = head_pool(x, self.pool_kernel)
         x = self.proj(self.dropout(x).permute(0, 2, 3, 4, 1))
         if self.head_act == "softmax" and not self.training:
             x = torch.softmax(x, dim=-1)
@@ -218,14 +255,20 @@ class SlowFast(nn.Module):
         head_act: Optional[str] = None,
         lateral_norm: bool = True,
         dropout: float = 0.5,
+        head_pool: str = "fixed",
     ) -> None:
         super().__init__()
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
+        if config.train_crop < 32 or config.train_crop % 32:
+            raise ValueError(f"train_crop must be a positive multiple of 32, got {config.train_crop}")
         if lateral not in LATERAL_MODES:
             raise ValueError(f"lateral must be one of {LATERAL_MODES}, got {lateral!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.config, self.lateral_mode, self.fusion = config, lateral, fusion
         self.lateral_norm = lateral_norm
+        self.head_pool = head_pool
         self.num_classes = num_classes
         cfg = config
         pathways = 1 if cfg.slow_only else 2
@@ -287,12 +330,31 @@ class SlowFast(nn.Module):
             out_slow *= 2
 
         final_slow = 2048
+        kernels = cfg.head_pool_kernels() if head_pool == "fixed" else None
         if cfg.slow_only:
-            blocks.append(ResNetBasicHead(final_slow, num_classes, dropout, head_act, global_pool=True))
+            blocks.append(ResNetBasicHead(final_slow, num_classes, dropout, head_act, pool=True,
+                                          pool_kernel=None if kernels is None else kernels[0]))
         else:
-            blocks.append(PoolConcatPathway())
+            blocks.append(PoolConcatPathway(kernels))
             blocks.append(ResNetBasicHead(final_slow + final_slow // cfg.beta_inv, num_classes, dropout, head_act))
         self.blocks = nn.ModuleList(blocks)
+
+    def head_pool_kernels(self) -> Optional[List[Tuple[int, int, int]]]:
+        """The head's AvgPool3d window per pathway, or None when it pools globally (see set_head_pool)."""
+        return None if self.head_pool == "global" else self.config.head_pool_kernels()
+
+    def set_head_pool(self, head_pool: str) -> "SlowFast":
+        """Switch the head between PySlowFast's fixed window ("fixed") and a global pool ("global", MMAction2's
+        head). No parameter changes; returns the model."""
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
+        self.head_pool = head_pool
+        kernels = self.head_pool_kernels()
+        if self.config.slow_only:
+            self.blocks[-1].pool_kernel = None if kernels is None else kernels[0]
+        else:
+            self.blocks[-2].kernels = kernels
+        return self
 
     @property
     def num_pathways(self) -> int:
@@ -321,8 +383,11 @@ def _factory(name: str):
         fusion: str = "concat",
         head_act: Optional[str] = None,
         lateral_norm: bool = True,
+        train_crop: int = 224,
+        head_pool: str = "fixed",
     ) -> SlowFast:
-        return SlowFast(CONFIGS[name], num_classes, lateral, fusion, head_act, lateral_norm)
+        config = dataclasses.replace(CONFIGS[name], train_crop=train_crop)
+        return SlowFast(config, num_classes, lateral, fusion, head_act, lateral_norm, head_pool=head_pool)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"Reference {name} ({CONFIGS[name]}); see SlowFast for the call convention."
