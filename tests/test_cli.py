@@ -15,7 +15,7 @@ pytest.importorskip("av")
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    return io.write_video(tmp_path_factory.mktemp("cli") / "clip.mp4", io.synthetic_video(48, 64, 80), fps=24)
+    return io.write_video(tmp_path_factory.mktemp("cli") / "clip.mp4", io.synthetic_video(48, 64, 80), fps=25)
 
 
 def _checkpoint(tmp_path, arch, **kwargs):
@@ -50,7 +50,7 @@ def test_classify_matches_the_views_averaged_by_hand(video, tmp_path, capsys, ar
     top = _top5(capsys.readouterr().out)
     assert len(top) == 5
     # PySlowFast testing, written out: 10 temporal x 3 spatial views (or the first clip's centre) of a video
-    # sampled at 30 fps-equivalent spans (this one is 24 fps), each view's head a softmax per position
+    # sampled at 30 fps-equivalent spans (this one is 25 fps), each view's head a softmax per position
     # averaged over positions, the views' probabilities averaged.
     labels = io.kinetics_400_labels()
     cfg, rate = model.config, {"slowfast_r50_8x8": 2, "slow_r50_8x8": 8}[arch]
@@ -59,7 +59,7 @@ def test_classify_matches_the_views_averaged_by_hand(video, tmp_path, capsys, ar
     full = io.read_video(video)
     with torch.no_grad():
         for t in range(temporal):
-            index = sk.temporal_indices(full.num_video_frames, cfg.num_frames, rate, t, temporal, fps=24)
+            index = sk.temporal_indices(full.num_video_frames, cfg.num_frames, rate, t, temporal, fps=25)
             for s in spatial:
                 slow, fast = sk.pack_pathways_ref(full.frames, index, cfg.alpha, size=48, crop=48, spatial_idx=s)
                 x = [fast[None]] if cfg.slow_only else [slow[None], fast[None]]
