@@ -1,76 +1,84 @@
 """fuse(model): a reference SlowFast turned into a fast inference model.
 
 What changes against the reference (and why it is faster):
-- every Conv3d + BatchNorm3d (+ ReLU) pair becomes one Conv3dBNAct running conv3d_bn_act with BN folded into
-  the weights; a bottleneck's conv c carries the shortcut add and the final ReLU in its epilogue;
-- channels_last_3d end to end (oneDNN and cuDNN's fastest layout; the channel slices of the lateral buffer
-  are then row-strided views);
-- concat fusion without torch.cat: one preallocated [N, Cs + Cl, T, H, W] buffer per lateral site;
-  lateral_fuse writes channels [Cs, Cs + Cl) straight from the Fast tensor and the Slow pathway's last conv
-  of the stage stores its output in channels [0, Cs) (the Triton kernel stores there directly; oneDNN and
-  cuDNN return a tensor that is copied into the slice, one write of the Slow output instead of torch.cat's
-  read and write of both pathways);
-- optional CUDA graphs for fixed input shapes (small batches are launch-bound: ~100+ layers).
+- every Conv3d + BatchNorm3d (+ ReLU) pair becomes one FoldedConv: BN folded into fp32 weight and bias at
+  fuse() time, a bottleneck's conv c carrying the shortcut add and the final ReLU in its epilogue (on CPU
+  accumulated in place into the shortcut's memory);
+- each layer's runner (cast and packed weights, backend) is prepared once per input shape
+  (slowfast_kernels.plan), so a forward is a sequence of kernel calls;
+- channels_last_3d end to end (oneDNN's and cuDNN's fastest layout for these convs);
+- concat fusion without a concatenated tensor: the next stage's first convs (conv a and the shortcut of
+  block 0) read the Slow output and the lateral tensor as two K-ranges of one conv,
+  conv(concat(s, l), W) = conv(s, W_s) + conv(l, W_l), the lateral part's partial sum entering the Slow
+  part's epilogue as its residual; neither pathway's activations are copied;
+- CUDA graphs by default on CUDA (small batches are launch-bound: ~100+ kernels per forward).
 """
 from __future__ import annotations
 
-import functools
-from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from slowfast_reference.lateral import FuseFastToSlow, lateral_channels
-from slowfast_reference.models import (
-    MultiPathWayWithFuse,
-    ResBlock,
-    ResNetBasicHead,
-    ResNetBasicStem,
-    ResStage,
-    SlowFast,
-    check_inputs,
-    head_pool,
-)
+from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem, ResStage, SlowFast, check_inputs, \
+    head_pool
 
-from .modules import Conv3dBNAct
-from .ops.conv3d_bn_act import fold_bn
 from .ops.lateral_fuse import lateral_fuse
+from .plan import FoldedConv
 
 CL = torch.channels_last_3d
+
+# A stage input: one tensor, or (slow, lateral) read as two K-ranges of the consuming convs.
+StageInput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _conv(x: StageInput, conv: FoldedConv) -> torch.Tensor:
+    """conv over x, or over concat(slow, lateral) without building it."""
+    if isinstance(x, torch.Tensor):
+        return conv.run(x)
+    slow, lat = x
+    n = slow.shape[1]
+    partial = conv.run(lat, part=("tail", n))
+    return conv.run(slow, residual=partial, residual_is_scratch=True, part=("head", n))
 
 
 class FusedStem(nn.Module):
     def __init__(self, stem: ResNetBasicStem, backend: str) -> None:
         super().__init__()
-        self.conv = Conv3dBNAct.from_conv_bn(stem.conv, stem.norm, activation="relu", backend=backend)
+        self.conv = FoldedConv(stem.conv, stem.norm, "relu", backend)
         pool = stem.pool
         self.pool_args = (pool.kernel_size, pool.stride, pool.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = self.pool_args
-        return torch.nn.functional.max_pool3d(self.conv(x), k, s, p)
+        return torch.nn.functional.max_pool3d(self.conv.run(x), k, s, p)
 
 
 class FusedResBlock(nn.Module):
-    """conv a (ReLU) -> conv b (ReLU) -> conv c with shortcut add + ReLU in its epilogue."""
+    """conv a (ReLU) -> conv b (ReLU) -> conv c with the shortcut add + ReLU in its epilogue."""
 
     def __init__(self, block: ResBlock, backend: str) -> None:
         super().__init__()
         b = block.branch2
-        self.a = Conv3dBNAct.from_conv_bn(b.conv_a, b.norm_a, activation="relu", backend=backend)
-        self.b = Conv3dBNAct.from_conv_bn(b.conv_b, b.norm_b, activation="relu", backend=backend)
-        self.c = Conv3dBNAct.from_conv_bn(b.conv_c, b.norm_c, activation="relu", backend=backend)
+        self.a = FoldedConv(b.conv_a, b.norm_a, "relu", backend)
+        self.b = FoldedConv(b.conv_b, b.norm_b, "relu", backend)
+        self.c = FoldedConv(b.conv_c, b.norm_c, "relu", backend)
         self.shortcut = None
         if block.branch1_conv is not None:
-            self.shortcut = Conv3dBNAct.from_conv_bn(block.branch1_conv, block.branch1_norm, activation="none",
-                                                     backend=backend)
+            self.shortcut = FoldedConv(block.branch1_conv, block.branch1_norm, "none", backend)
 
-    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None, x_is_scratch: bool = False) -> torch.Tensor:
+    def forward(self, x: StageInput, x_is_scratch: bool = False) -> torch.Tensor:
         """x_is_scratch: x is an intermediate of this model that nothing reads after this block."""
-        residual = x if self.shortcut is None else self.shortcut(x)
-        y = self.b(self.a(x))
-        scratch = self.shortcut is not None or x_is_scratch
-        return self.c(y, residual=residual, out=out, out_channel_offset=0, residual_is_scratch=scratch)
+        if self.shortcut is None:
+            if not isinstance(x, torch.Tensor):
+                raise ValueError("FusedResBlock: a block without a shortcut conv reads one tensor")
+            residual, scratch = x, x_is_scratch
+        else:
+            residual, scratch = _conv(x, self.shortcut), True
+        y = self.b.run(_conv(x, self.a))
+        return self.c.run(y, residual=residual, residual_is_scratch=scratch)
 
 
 class FusedStage(nn.Module):
@@ -78,65 +86,41 @@ class FusedStage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(FusedResBlock(b, backend) for b in stage.res_blocks)
 
-    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        # Block 0 reads the stage input (the caller's, or a lateral buffer); later blocks read the previous
+    def forward(self, x: StageInput) -> torch.Tensor:
+        # Block 0 reads the stage input (the caller's, or a lateral site's pair); later blocks read the previous
         # block's output, which only they use: their residual add may overwrite it.
-        for i, block in enumerate(self.blocks[:-1]):
+        for i, block in enumerate(self.blocks):
             x = block(x, x_is_scratch=i > 0)
-        return self.blocks[-1](x, out=out, x_is_scratch=len(self.blocks) > 1)
+        return x
 
 
 class FusedLateral(nn.Module):
-    """lateral_fuse with BN folded into the time-strided conv (or the parameter-free modes)."""
+    """The lateral tensor of one site: the time-strided conv with BN folded (a FoldedConv), or the
+    parameter-free gathers through lateral_fuse; fusion says how the Slow pathway takes it."""
 
     def __init__(self, fuse: FuseFastToSlow, backend: str) -> None:
         super().__init__()
         self.mode, self.alpha, self.fusion, self.backend = fuse.mode, fuse.alpha, fuse.fusion, backend
-        self.activation = "none"
-        self.out_channels = 0
-        w = b = None
+        self.conv = None
         if fuse.mode == "time_strided_conv":
-            conv = fuse.conv_fast_to_slow
-            if fuse.norm is not None:
-                w, b = fold_bn(conv, fuse.norm)
-            else:
-                w = conv.weight.detach().float()
-                b = torch.zeros(conv.out_channels) if conv.bias is None else conv.bias.detach().float()
-            self.activation = "relu" if fuse.activation is not None else "none"
-            self.out_channels = conv.out_channels
-        self.register_buffer("weight", w)
-        self.register_buffer("bias", b)
+            activation = "relu" if fuse.activation is not None else "none"
+            self.conv = FoldedConv(fuse.conv_fast_to_slow, fuse.norm, activation, backend)
 
-    def lateral_channels(self, fast_channels: int) -> int:
-        if self.mode == "time_strided_conv":
-            return self.out_channels
-        return lateral_channels(self.mode, fast_channels, self.alpha)
+    def lateral(self, fast: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:
+            return self.conv.run(fast)
+        n, c, t, h, w = fast.shape
+        channels = lateral_channels(self.mode, c, self.alpha)
+        out = torch.empty((n, channels, t // self.alpha, h, w), dtype=fast.dtype, device=fast.device,
+                          memory_format=CL)
+        no_slow = out[:, :0]  # lateral_fuse concatenates after the Slow channels: there are none here
+        return lateral_fuse(no_slow, fast, self.mode, self.alpha, out=out, backend=self.backend)
 
-    def forward(self, slow: torch.Tensor, fast: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        weight = bias = None
-        if self.weight is not None:
-            weight, bias = self._cast(fast.dtype, fast.device)
-        return lateral_fuse(slow, fast, self.mode, self.alpha, weight, bias, fusion=self.fusion,
-                            activation=self.activation, out=out, backend=self.backend)
-
-    def _cast(self, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        # Weights in the activations' dtype, cast once, not once per call; recast when the buffers change
-        # (load_state_dict, in-place edits: storage or version differ).
-        if torch.compiler.is_compiling():
-            return self.weight.to(device=device, dtype=dtype), self.bias.to(device=device, dtype=dtype)
-        key = (dtype, device) + tuple((t.data_ptr(), t._version) for t in (self.weight, self.bias))
-        if getattr(self, "_cast_key", None) != key:
-            self._cast_cache = (self.weight.to(device=device, dtype=dtype), self.bias.to(device=device, dtype=dtype))
-            self._cast_key = key
-        return self._cast_cache
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cast_key = None
-        return super()._apply(fn, *args, **kwargs)
-
-
-def _run_into(stage: FusedStage, x: torch.Tensor, buf: Optional[torch.Tensor]) -> torch.Tensor:
-    return stage(x, out=buf)
+    def forward(self, slow: torch.Tensor, fast: torch.Tensor, slow_is_scratch: bool = True) -> StageInput:
+        lat = self.lateral(fast)
+        if self.fusion == "concat":
+            return slow, lat
+        return slow.add_(lat) if slow_is_scratch else slow + lat
 
 
 class FusedSlowFast(nn.Module):
@@ -166,23 +150,16 @@ class FusedSlowFast(nn.Module):
         assert isinstance(head, ResNetBasicHead)
         self.head_act = head.head_act
         self.head_kernels = model.head_pool_kernels() or [None] * model.num_pathways
+        # The head runs in fp32: a [N, 2304] x [2304, classes] GEMM is negligible and keeps the logits as
+        # exact as the features allow.
         self.register_buffer("head_weight", head.proj.weight.detach().float().clone())
         self.register_buffer("head_bias", head.proj.bias.detach().float().clone())
-        # Parameters stay fp32 (folding is exact in fp32); each op computes in the activations' dtype
-        # (Conv3dBNAct caches its cast weights). The head runs in fp32: a [N, 2304] x [2304, classes]
-        # GEMM is negligible and keeps the logits as exact as the features allow.
 
-    # -- one lateral site: allocate the concat buffer, let both producers write into it ---------------
-    def _fuse(self, site: int, produce_slow, slow_channels: int, fast: torch.Tensor) -> torch.Tensor:
-        lateral = self.laterals[site]
-        if lateral.fusion == "sum":
-            return lateral(produce_slow(None), fast)
-        n, _, t_fast, h, w = fast.shape
-        total = slow_channels + lateral.lateral_channels(fast.shape[1])
-        buf = torch.empty((n, total, t_fast // self.config.alpha, h, w), dtype=fast.dtype,
-                          device=fast.device, memory_format=CL)
-        slow = produce_slow(buf)
-        return lateral(slow, fast, out=buf)
+    def reset(self) -> None:
+        """Forget every prepared runner (after editing weights in place; load_state_dict and .to() reset)."""
+        for m in self.modules():
+            if isinstance(m, FoldedConv):
+                m.reset()
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype=self.dtype).contiguous(memory_format=CL)
@@ -195,21 +172,10 @@ class FusedSlowFast(nn.Module):
             return [x]
         slow_in, fast = (self._prepare(t) for t in inputs)
         fast = self.stems[1](fast)
-
-        def stem_slow(buf):
-            y = self.stems[0](slow_in)
-            if buf is None:
-                return y
-            # max-pool has no out= into a channel slice: the stem site copies its 64 channels (small).
-            view = buf[:, : y.shape[1]]
-            view.copy_(y)
-            return view
-
-        x = self._fuse(0, stem_slow, self.stems[0].conv.out_channels, fast)
-        for site, (slow_stage, fast_stage) in enumerate(self.stages[:3], start=1):  # res2..res4: a lateral each
+        x = self.laterals[0](self.stems[0](slow_in), fast)
+        for lateral, (slow_stage, fast_stage) in zip(self.laterals[1:], self.stages[:3]):  # res2..res4
             fast = fast_stage(fast)
-            produce = functools.partial(_run_into, slow_stage, x)
-            x = self._fuse(site, produce, slow_stage.blocks[-1].c.out_channels, fast)
+            x = lateral(slow_stage(x), fast)
         slow_stage, fast_stage = self.stages[3]  # res5: no lateral
         return [slow_stage(x), fast_stage(fast)]
 
@@ -233,7 +199,8 @@ class FusedSlowFast(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         check_inputs(self.config, inputs)
-        return self.head(self.features(inputs))
+        with torch.no_grad():  # inference only; also lets weights made under inference_mode be used outside it
+            return self.head(self.features(inputs))
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
         """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways."""
@@ -254,29 +221,51 @@ def _pack_for(model: FusedSlowFast, video: torch.Tensor, fast_index, pack_kwargs
 
 
 class CUDAGraphRunner(nn.Module):
-    """Captures the fused model once per input signature (shapes, dtypes) and replays it."""
+    """Captures the fused model once per input signature (shapes, dtypes) and replays it.
 
-    def __init__(self, model: FusedSlowFast) -> None:
+    strict=False (cuda_graph="auto"): where capture fails, says why once and runs the model without a graph
+    for that signature; strict=True (cuda_graph=True) raises instead."""
+
+    def __init__(self, model: FusedSlowFast, strict: bool = True) -> None:
         super().__init__()
         self.model = model
-        self._graphs: Dict[Tuple, Tuple[torch.cuda.CUDAGraph, List[torch.Tensor], torch.Tensor]] = {}
+        self.strict = strict
+        self._graphs: Dict[Tuple, Optional[Tuple[torch.cuda.CUDAGraph, List[torch.Tensor], torch.Tensor]]] = {}
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _capture(self, inputs: Sequence[torch.Tensor]):
+        static_in = [t.detach().clone() for t in inputs]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside capture: lazy init, runners, cuDNN algorithm choices
+                self.model(static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.model(static_in)
+        return graph, static_in, static_out
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         check_inputs(self.model.config, inputs)
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
         if key not in self._graphs:
-            static_in = [t.detach().clone() for t in inputs]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up outside capture: lazy init, cuDNN/Triton choices
-                    self.model(static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.model(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
+            try:
+                self._graphs[key] = self._capture(inputs)
+            except Exception as exc:  # capture is impossible here (e.g. a kernel that synchronizes)
+                if self.strict:
+                    raise RuntimeError(f"fuse: CUDA graph capture failed for inputs {[k[0] for k in key]}: {exc}; "
+                                       "pass cuda_graph='auto' to fall back to running without a graph") from exc
+                warnings.warn(f"fuse: CUDA graph capture failed for inputs {[k[0] for k in key]} ({exc}); this "
+                              "input shape runs without a CUDA graph", stacklevel=2)
+                self._graphs[key] = None
+        captured = self._graphs[key]
+        if captured is None:
+            return self.model(inputs)
+        graph, static_in, static_out = captured
         for dst, src in zip(static_in, inputs):
             dst.copy_(src)
         graph.replay()
@@ -291,12 +280,14 @@ def fuse(
     dtype: torch.dtype = torch.float32,
     device: Optional[torch.device] = None,
     backend: str = "auto",
-    cuda_graph: bool = False,
+    cuda_graph: Union[bool, str] = "auto",
 ) -> nn.Module:
     """Turn an eval-mode reference SlowFast into a fused inference model (see module docstring).
 
     fused(inputs) equals model(inputs) within 1e-4 relative in fp32 (2x eager's own error in bf16/fp16).
-    The reference model is not modified.
+    cuda_graph: "auto" (default) captures a CUDA graph per input shape on CUDA devices and falls back, with
+    a warning, where capture fails; True requires graphs (CUDA only); False never uses them. Works alike
+    inside and outside torch.inference_mode() / torch.no_grad(). The reference model is not modified.
     """
     if not isinstance(model, SlowFast):
         raise TypeError(f"fuse: model must be a slowfast_reference.SlowFast, got {type(model).__name__}")
@@ -304,13 +295,17 @@ def fuse(
         raise ValueError("fuse: model is in train mode; fuse() builds an inference model: call model.eval() first")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"fuse: dtype must be float32, bfloat16 or float16, got {dtype}")
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"fuse: model weight {name} has non-finite values (NaN or inf); refusing to fuse")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    if cuda_graph and device.type != "cuda":
-        raise ValueError(f"fuse: cuda_graph=True needs a CUDA device, got {device}")
+    if cuda_graph not in (True, False, "auto"):
+        raise ValueError(f"fuse: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"fuse: model weight {name} has non-finite values (NaN or inf); refusing to fuse")
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        if cuda_graph is True and device.type != "cuda":
+            raise ValueError(f"fuse: cuda_graph=True needs a CUDA device, got {device}")
         fused = FusedSlowFast(model, dtype, backend).to(device)
     fused.eval()
-    return CUDAGraphRunner(fused) if cuda_graph else fused
+    if device.type == "cuda" and cuda_graph:
+        return CUDAGraphRunner(fused, strict=cuda_graph is True)
+    return fused

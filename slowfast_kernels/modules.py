@@ -17,8 +17,9 @@ from torch import nn
 from .ops.conv3d_bn_act import (
     ACTIVATIONS, _store, conv3d_bn_act, fold_bn, layout_of, output_shape, resolve_backend,
 )
+from .plan import OneDNNConv
 
-# Packed oneDNN weights are kept per input shape (the packing is tuned to it); a model sees one or two.
+# oneDNN runners (packed weights) are kept per input shape (the packing is tuned to it); a model sees one or two.
 _MAX_PACKED_SHAPES = 8
 
 
@@ -116,7 +117,10 @@ class Conv3dBNAct(nn.Module):
         tensors = list(self.conv.parameters())
         if self.norm is not None:
             tensors += list(self.norm.parameters()) + [self.norm.running_mean, self.norm.running_var]
-        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None)
+        # Inference tensors (made under torch.inference_mode) have no version counter; they cannot be
+        # modified outside inference mode, and inside it their storage is the signature.
+        return tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype) for t in tensors
+                     if t is not None)
 
     def _prepared(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, str]:
         """(weight in x's dtype and layout, fp32 bias, backend) for inputs like x, cached."""
@@ -127,7 +131,8 @@ class Conv3dBNAct(nn.Module):
         hit = self._cache.get(key)
         if hit is None:
             if "folded" not in self._cache:
-                self._cache["folded"] = fold_bn(self.conv, self.norm)
+                with torch.no_grad():
+                    self._cache["folded"] = fold_bn(self.conv, self.norm)
             w32, b32 = self._cache["folded"]
             w = w32.to(device=x.device, dtype=x.dtype).contiguous(memory_format=layout_of(x))
             chosen = resolve_backend(self.backend, str(x.device), x.dtype)
@@ -135,17 +140,15 @@ class Conv3dBNAct(nn.Module):
             self._cache[key] = hit
         return hit  # type: ignore[return-value]
 
-    def _packed(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """oneDNN's blocked weight for this input shape, as inductor's freezing makes it. Worth it: summed over
-        the R50 8x8 layers (batch 1, 2 cores) 1.59 s vs 2.02 s with a plain channels_last_3d weight."""
-        key = ("packed", tuple(x.shape), x.dtype, layout_of(x))
+    def _onednn_runner(self, w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> OneDNNConv:
+        """oneDNN's fused conv with the weight packed for this input shape (as inductor's freezing packs it)."""
+        key = ("onednn", tuple(x.shape), x.dtype, layout_of(x))
         hit = self._cache.get(key)
         if hit is None:
-            if sum(1 for k in self._cache if k[0] == "packed") >= _MAX_PACKED_SHAPES:
-                self._cache = {k: v for k, v in self._cache.items() if k[0] != "packed"}
+            if sum(1 for k in self._cache if k[0] == "onednn") >= _MAX_PACKED_SHAPES:
+                self._cache = {k: v for k, v in self._cache.items() if k[0] != "onednn"}
             c = self.conv
-            hit = torch.ops.mkldnn._reorder_convolution_weight(
-                w, list(c.padding), list(c.stride), list(c.dilation), 1, list(x.shape))
+            hit = OneDNNConv(w, b, c.stride, c.padding, c.dilation, self.activation, x)
             self._cache[key] = hit
         return hit  # type: ignore[return-value]
 
@@ -162,13 +165,10 @@ class Conv3dBNAct(nn.Module):
         if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"Conv3dBNAct: x: expected float32, bfloat16 or float16 in eval mode, got {x.dtype}")
         w, b, chosen = self._prepared(x)
-        if chosen == "cpu":
-            return self._onednn(x, w, b, residual, out, out_channel_offset, residual_is_scratch)
-        return conv3d_bn_act(x, w, b, c.stride, c.padding, c.dilation, residual=residual, activation=self.activation,
-                             out=out, out_channel_offset=out_channel_offset, backend=chosen)
-
-    def _onednn(self, x, w, b, residual, out, out_channel_offset, residual_is_scratch=False):
-        c = self.conv
+        if chosen != "cpu":
+            return conv3d_bn_act(x, w, b, c.stride, c.padding, c.dilation, residual=residual,
+                                 activation=self.activation, out=out, out_channel_offset=out_channel_offset,
+                                 backend=chosen)
         if x.dim() != 5 or x.shape[1] != c.in_channels:
             raise ValueError(f"Conv3dBNAct: x: expected [N, {c.in_channels}, T, H, W], got {tuple(x.shape)}")
         fmt = layout_of(x)
@@ -176,22 +176,7 @@ class Conv3dBNAct(nn.Module):
         shape = output_shape(x.shape, w.shape, c.stride, c.padding, c.dilation)
         if residual is not None and tuple(residual.shape) != shape:
             raise ValueError(f"Conv3dBNAct: residual: expected shape {shape}, got {tuple(residual.shape)}")
-        packed = self._packed(w, x)
-        args = (list(c.padding), list(c.stride), list(c.dilation), 1)
-        if residual is not None:
-            r = residual.to(x.dtype).contiguous(memory_format=fmt)
-            unary = "relu" if self.activation == "relu" else None
-            # oneDNN's binary fusion wants the bias in x's dtype (the unary one takes fp32)
-            if residual_is_scratch and r is residual:
-                # Accumulate into the residual's own memory: no fresh output allocation, whose page faults
-                # cost ~9% of the R50 8x8 CPU forward (2 cores, fp32, batch 1).
-                y = torch.ops.mkldnn._convolution_pointwise_.binary(r, x, packed, b.to(x.dtype), *args, "add", 1.0,
-                                                                    unary, [], None)
-            else:
-                y = torch.ops.mkldnn._convolution_pointwise.binary(x, r, packed, b.to(x.dtype), *args, "add", 1.0,
-                                                                   unary, [], None)
-        else:
-            y = torch.ops.mkldnn._convolution_pointwise(x, packed, b, *args, self.activation, [], None)
+        y = self._onednn_runner(w, b, x)(x, residual, residual_is_scratch)
         return _store(y.contiguous(memory_format=fmt), out, out_channel_offset)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,

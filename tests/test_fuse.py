@@ -77,6 +77,66 @@ def test_fused_head_pools_the_fixed_window(arch, head_act):
         torch.testing.assert_close(actual.sum(-1), torch.ones(2))
 
 
+def test_fuse_and_run_under_inference_mode_and_no_grad():
+    model = randomize(R.slowfast_r50_8x8(num_classes=5)).eval()
+    x = _inputs(model)
+    with torch.no_grad():
+        expected = model(x)
+    with torch.inference_mode():  # fused and run inside
+        inside = sk.fuse(model)
+        assert _rel_err(inside(x), expected) < 1e-4
+    assert _rel_err(inside(x), expected) < 1e-4  # fused inside, run outside (grad mode on)
+    with torch.no_grad():
+        assert _rel_err(inside(x), expected) < 1e-4
+    with torch.inference_mode():  # a reference model made under inference_mode, fused outside it
+        made_inside = R.slowfast_r50_8x8(num_classes=5).eval()
+        made_inside.load_state_dict(model.state_dict())
+    fused = sk.fuse(made_inside)
+    out = fused(x)
+    assert not out.requires_grad and _rel_err(out, expected) < 1e-4
+
+
+def test_fused_weights_follow_load_state_dict():
+    """Runners are prepared once per input shape; loading other weights must not leave stale ones behind."""
+    a = randomize(R.slowfast_r50_8x8(num_classes=4), seed=1).eval()
+    b = randomize(R.slowfast_r50_8x8(num_classes=4), seed=2).eval()
+    x = _inputs(a)
+    fused = sk.fuse(a)
+    fused(x)  # prepares the runners for this shape
+    fused.load_state_dict(sk.fuse(b).state_dict())
+    with torch.no_grad():
+        assert _rel_err(fused(x), b(x)) < 1e-4
+        for m in fused.modules():  # in-place edits need reset(): documented, and reset() works
+            if hasattr(m, "weight") and isinstance(getattr(m, "weight"), torch.Tensor) and m.weight.dim() == 5:
+                m.weight.mul_(1.0)
+        fused.reset()
+        assert _rel_err(fused(x), b(x)) < 1e-4
+
+
+def test_fused_forward_never_concatenates_or_copies_activations():
+    """Concat fusion reads the Slow output and the lateral tensor as two K-ranges of the next convs: no
+    torch.cat and no copy of any activation (the head's pooled [N, C, 1, 1, 1] vectors aside)."""
+    model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
+    x = [t.contiguous(memory_format=torch.channels_last_3d) for t in _inputs(model)]
+    fused = sk.fuse(model)
+    fused(x)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fused(x)
+    offenders = [(e.name, e.input_shapes) for e in prof.events()
+                 if e.name in ("aten::cat", "aten::copy_", "aten::clone")
+                 and any(len(s) == 5 and s[2:] != [1, 1, 1] for s in e.input_shapes if isinstance(s, list))]
+    assert offenders == []
+
+
+def test_fuse_cuda_graph_argument():
+    model = R.slowfast_r50_8x8(num_classes=3).eval()
+    with pytest.raises(ValueError, match="cuda_graph must be True, False or 'auto'"):
+        sk.fuse(model, cuda_graph="sometimes")
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        sk.fuse(model, cuda_graph=True)
+    assert isinstance(sk.fuse(model), sk.fuse.__globals__["FusedSlowFast"])  # "auto" on CPU: no graph runner
+
+
 def test_fused_reference_backend_matches():
     model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
     x = _inputs(model)
@@ -147,9 +207,10 @@ def test_fused_cuda_and_graphs(dtype):
     with torch.no_grad():
         exact = copy.deepcopy(model).double()([t.double() for t in x]).float()
         eager = copy.deepcopy(model).to(dtype)([t.to(dtype) for t in x]).float()
-        fused = sk.fuse(model, dtype=dtype)
+        fused = sk.fuse(model, dtype=dtype, cuda_graph=False)
         plain, single = fused(x), fused([t[:1] for t in x])
-        graphed = sk.fuse(model, dtype=dtype, cuda_graph=True)
+        graphed = sk.fuse(model, dtype=dtype)  # cuda_graph="auto": graphs on CUDA
+        assert isinstance(graphed, sk.fuse.__globals__["CUDAGraphRunner"])
         first, again = graphed(x), graphed(x)
         other = graphed([t[:1] for t in x])  # new shape: re-captured
     if dtype == torch.float32:
