@@ -1,12 +1,28 @@
-"""End to end: SlowFast R50 8x8 at 224x224, fused vs eager reference vs torch.compile of the reference.
+"""End to end: SlowFast R50 8x8 at 224x224, the fused model against the strongest eager and torch.compile peers.
 
-CPU: batch 1, fp32 NCDHW eager. GPU: batch 32, bf16 channels_last_3d eager (the strongest eager setting),
-torch.compile mode max-autotune, fused with CUDA graphs. Reports clips/s, model FLOP utilization against
-the measured bf16 GEMM rate (GPU), and peak memory (GPU).
-Run: python -m pytest benchmarks/bench_model.py   (SLOWFAST_BENCH_BATCH overrides the batch size)
+Every implementation runs in one session; each variant is recorded under its own name, and at the end the
+fastest eager variant is also recorded as `eager` and the fastest compile variant as `compile`, so
+`speedup_vs_eager` and `speedup_vs_compile` are ratios to the strongest peers (conftest's `peer=`).
+
+CPU (batch 1, fp32): eager NCDHW and channels_last_3d; torch.compile default mode with inductor freezing;
+fused (oneDNN runners, no graph).
+GPU (bf16 unless named; batches 1, 8 and 32; cudnn.benchmark on for every implementation): eager fp32 NCDHW
+with TF32 convs (PySlowFast's default), eager bf16 NCDHW and bf16 channels_last_3d, each with and without a
+CUDA graph; torch.compile default and max-autotune (freezing; compile time reported; max-autotune in a child
+process under SLOWFAST_BENCH_AUTOTUNE_LIMIT_S seconds, recorded as not finished past it); fused with and
+without a graph. Also: the fused model's first-call time (runner preparation included) and peak memory.
+
+Run: python -m pytest benchmarks/bench_model.py   (SLOWFAST_BENCH_BATCHES="1,8" overrides the batch sizes)
 """
+from __future__ import annotations
+
 import copy
+import json
 import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -14,21 +30,60 @@ import torch
 import slowfast_kernels as sk
 import slowfast_reference as R
 
+from conftest import record_extra
+
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-BATCH = int(os.environ.get("SLOWFAST_BENCH_BATCH", 32 if CUDA else 1))
-DTYPE = torch.bfloat16 if CUDA else torch.float32
+BATCHES = [int(b) for b in os.environ.get("SLOWFAST_BENCH_BATCHES", "1,8,32" if CUDA else "1").split(",")]
 GFLOP_PER_VIEW = 101.0  # 224x224 view: twice fvcore's multiply-add count
-CASE = f"slowfast_r50_8x8 224 b{BATCH} {str(DTYPE).replace('torch.', '')} {DEVICE}"
+AUTOTUNE_LIMIT_S = float(os.environ.get("SLOWFAST_BENCH_AUTOTUNE_LIMIT_S", "900"))
+ROUNDS = 20 if CUDA else 11  # CPU eager varies run to run by ~20%: more rounds for a stable median
+CL = torch.channels_last_3d
+
+
+def case(batch: int, dtype: torch.dtype) -> str:
+    return f"slowfast_r50_8x8 224 b{batch} {str(dtype).replace('torch.', '')} {DEVICE}"
+
+
+DTYPE = torch.bfloat16 if CUDA else torch.float32
 
 
 @pytest.fixture(scope="module")
-def setup():
+def model():
     torch.manual_seed(0)
-    model = R.slowfast_r50_8x8().eval().to(DEVICE)
-    clip = torch.rand(BATCH, 3, 32, 224, 224, device=DEVICE)
-    inputs = R.pack_pathways(clip, 4)
-    return model, inputs
+    return R.slowfast_r50_8x8().eval().to(DEVICE)
+
+
+def _inputs(batch: int, dtype=torch.float32, layout=torch.contiguous_format):
+    g = torch.Generator().manual_seed(batch)
+    clip = torch.rand(batch, 3, 32, 224, 224, generator=g).to(DEVICE)
+    return [t.to(dtype).contiguous(memory_format=layout) for t in R.pack_pathways(clip, 4)]
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def _graphed(fn, inputs):
+    """fn(inputs) captured in a CUDA graph (static inputs), replayed per call."""
+    static = [t.clone() for t in inputs]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(static)
+    return lambda: (graph.replay(), out)[1]
 
 
 def _peak_memory(fn):
@@ -41,37 +96,110 @@ def _peak_memory(fn):
     return torch.cuda.max_memory_allocated()
 
 
-def _record(measure, impl, fn, baseline=False):
-    rounds = 20 if CUDA else 11  # CPU eager varies run to run by ~20%: more rounds for a stable median
+def _record(measure, batch, impl, fn, dtype=DTYPE, peer=None, **extra):
     with torch.inference_mode():
-        fn()  # warm-up / compile
+        fn()  # warm-up (compilation, cuDNN algorithm search, runner preparation)
         mem = _peak_memory(fn)
-        rec = measure(CASE, impl, fn, baseline=baseline, device=DEVICE, rounds=rounds,
-                      flops=GFLOP_PER_VIEW * 1e9 * BATCH)
-    rec["clips_per_s"] = BATCH / rec["median_s"]
+        rec = measure(case(batch, DTYPE), impl, fn, device=DEVICE, rounds=ROUNDS, peer=peer,
+                      flops=GFLOP_PER_VIEW * 1e9 * batch, dtype=str(dtype).replace("torch.", ""), **extra)
+    rec["clips_per_s"] = batch / rec["median_s"]
     if mem is not None:
         rec["peak_memory_bytes"] = mem
     return rec
 
 
-def test_eager(setup, measure):
-    model, inputs = setup
-    if CUDA:
-        model = copy.deepcopy(model).to(DTYPE, memory_format=torch.channels_last_3d)
-        inputs = [t.to(DTYPE).contiguous(memory_format=torch.channels_last_3d) for t in inputs]
-    _record(measure, "eager", lambda: model(inputs), baseline=True)
+EAGER_VARIANTS = (
+    # (impl, dtype, layout, TF32): GPU: PySlowFast's default fp32 (TF32 convs) and the two bf16 layouts
+    [("eager_fp32_ncdhw_tf32", torch.float32, torch.contiguous_format, True),
+     ("eager_bf16_ncdhw", torch.bfloat16, torch.contiguous_format, False),
+     ("eager_bf16_channels_last", torch.bfloat16, CL, False)]
+    if CUDA else
+    [("eager_fp32_ncdhw", torch.float32, torch.contiguous_format, False),
+     ("eager_fp32_channels_last", torch.float32, CL, False)]
+)
 
 
-def test_compile(setup, measure):
-    model, inputs = setup
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("variant", EAGER_VARIANTS, ids=[v[0] for v in EAGER_VARIANTS])
+@pytest.mark.parametrize("graph", [False, True] if CUDA else [False], ids=["", "graph"][: 2 if CUDA else 1])
+def test_eager(model, measure, batch, variant, graph):
+    impl, dtype, layout, tf32 = variant
+    net = copy.deepcopy(model).to(dtype, memory_format=layout)
+    inputs = _inputs(batch, dtype, layout)
+    with _tf32(tf32) if CUDA else nullcontext():
+        with torch.inference_mode():
+            fn = _graphed(net, inputs) if graph else (lambda: net(inputs))
+        _record(measure, batch, impl + ("_graph" if graph else ""), fn, dtype, peer="eager")
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_compile_default(model, measure, batch):
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    if CUDA:
-        model = copy.deepcopy(model).to(DTYPE, memory_format=torch.channels_last_3d)
-        inputs = [t.to(DTYPE).contiguous(memory_format=torch.channels_last_3d) for t in inputs]
-    compiled = torch.compile(model, mode="max-autotune" if CUDA else None)
-    _record(measure, "compile", lambda: compiled(inputs))
+    net = copy.deepcopy(model).to(DTYPE)
+    inputs = _inputs(batch, DTYPE)
+    compiled = torch.compile(net)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        compiled(inputs)
+    compile_s = time.perf_counter() - start
+    _record(measure, batch, "compile_default", lambda: compiled(inputs), peer="compile", compile_s=compile_s)
+
+
+_CHILD = r"""
+import json, statistics, sys, time, torch
+import torch._inductor.config as inductor_config
+import slowfast_reference as R
+inductor_config.freezing = True
+batch, rounds = int(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(0)
+net = R.slowfast_r50_8x8().eval().cuda().to(torch.bfloat16)
+clip = torch.rand(batch, 3, 32, 224, 224, generator=torch.Generator().manual_seed(batch)).cuda()
+inputs = [t.to(torch.bfloat16) for t in R.pack_pathways(clip, 4)]
+torch.backends.cudnn.benchmark = True
+compiled = torch.compile(net, mode="max-autotune")
+with torch.inference_mode():
+    start = time.perf_counter(); compiled(inputs); torch.cuda.synchronize(); compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(rounds):
+        start = torch.cuda.Event(enable_timing=True); end = torch.cuda.Event(enable_timing=True)
+        start.record(); compiled(inputs); end.record(); torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+times.sort()
+q = statistics.quantiles(times, n=4)
+print(json.dumps({"median_s": statistics.median(times), "iqr_s": q[2] - q[0], "min_s": times[0],
+                  "max_s": times[-1], "rounds": rounds, "compile_s": compile_s}))
+"""
+
+
+@pytest.mark.skipif(not CUDA, reason="max-autotune is a GPU mode (its CPU compile did not finish usefully)")
+@pytest.mark.parametrize("batch", BATCHES)
+def test_compile_max_autotune(measure, batch):
+    """In a child process, so a compile that outruns the limit can be stopped and recorded as not finished."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(batch), str(ROUNDS)], capture_output=True,
+                              text=True, timeout=AUTOTUNE_LIMIT_S, env=dict(os.environ))
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        result = None
+    record_extra(case(batch, DTYPE), "compile_max_autotune", result, peer="compile",
+                 flops=GFLOP_PER_VIEW * 1e9 * batch,
+                 not_finished=None if result else f"did not finish compiling in {AUTOTUNE_LIMIT_S:.0f} s")
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("graph", [False, True] if CUDA else [False], ids=["", "graph"][: 2 if CUDA else 1])
+def test_fused(model, measure, batch, graph):
+    inputs = _inputs(batch)
+    fused = sk.fuse(model, dtype=DTYPE, cuda_graph=graph)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        fused(inputs)
+        if CUDA:
+            torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - start
+    _record(measure, batch, "fused_graph" if graph else "fused", lambda: fused(inputs), first_call_s=first_call_s)
 
 
 @pytest.mark.skipif(not CUDA, reason="the bf16 GEMM ceiling (for model FLOP utilization) is a GPU figure")
@@ -80,9 +208,3 @@ def test_ceiling_bf16_gemm(measure):
     n = 8192
     a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     measure("ceiling bf16 GEMM 8192^3", "bf16_gemm", lambda: a @ b, device="cuda", rounds=50, flops=2 * n ** 3)
-
-
-def test_fused(setup, measure):
-    model, inputs = setup
-    fused = sk.fuse(model, dtype=DTYPE, cuda_graph=CUDA)
-    _record(measure, "fused", lambda: fused(inputs))

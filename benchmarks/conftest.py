@@ -70,16 +70,29 @@ def machine_tag() -> str:
     return f"cpu{os.cpu_count()}"
 
 
+def record_extra(case, impl, result, suite="bench_model", peer=None, flops=None, **extra):
+    """Record a measurement taken elsewhere (e.g. in a child process): result has median_s, iqr_s, min_s,
+    max_s, rounds, or is None for a run that did not finish (kept, with its reason in extra)."""
+    rec = dict(case=case, impl=impl, baseline=False, peer=peer, **(result or {}), **extra)
+    if result and flops:
+        rec["tflops"] = flops / result["median_s"] / 1e12
+    _records[suite].append(rec)
+    return rec
+
+
 @pytest.fixture
 def measure(benchmark, request):
-    """measure(case, impl, fn, baseline=False, device="cpu", rounds=None, flops=None, bytes=None).
+    """measure(case, impl, fn, baseline=False, device="cpu", rounds=None, flops=None, bytes=None, peer=None).
 
     Times fn (synchronizing CUDA) with pytest-benchmark's pedantic mode and records median and IQR in
-    seconds. A test should call it once (pytest-benchmark times one function per test).
+    seconds. A test should call it once (pytest-benchmark times one function per test). peer="eager" (or
+    "compile") enters the record in a group whose fastest member is also recorded as impl "eager" (or
+    "compile") at the end of the session, the eager one as the case's baseline.
     """
     suite = Path(request.node.fspath).stem
 
-    def run(case, impl, fn, baseline=False, device="cpu", rounds=None, warmup=1, flops=None, bytes=None, **extra):
+    def run(case, impl, fn, baseline=False, device="cpu", rounds=None, warmup=1, flops=None, bytes=None, peer=None,
+            **extra):
         def timed():
             fn()
             _sync(device)
@@ -90,7 +103,7 @@ def measure(benchmark, request):
         benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
         st = benchmark.stats.stats
         rec = dict(case=case, impl=impl, baseline=baseline, median_s=st.median, iqr_s=st.iqr, min_s=st.min,
-                   max_s=st.max, rounds=st.rounds, **extra)
+                   max_s=st.max, rounds=st.rounds, peer=peer, **extra)
         if flops:
             rec["tflops"] = flops / st.median / 1e12
         if bytes:
@@ -101,19 +114,33 @@ def measure(benchmark, request):
     return run
 
 
+def _add_peers(recs) -> None:
+    """Per case and peer group, the fastest finished member again under the group's name (variant = its own)."""
+    groups = defaultdict(list)
+    for r in recs:
+        if r.get("peer") and r.get("median_s"):
+            groups[(r["case"], r["peer"])].append(r)
+    for (case, peer), members in groups.items():
+        best = min(members, key=lambda r: r["median_s"])
+        recs.append(dict(best, impl=peer, variant=best["impl"], peer=None, baseline=peer == "eager"))
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _records:
         return
     RESULTS.mkdir(exist_ok=True)
     info = machine_info()
     for suite, recs in _records.items():
+        _add_peers(recs)
         baselines = {r["case"]: r["median_s"] for r in recs if r["baseline"]}
         for r in recs:
+            if not r.get("median_s"):
+                continue  # a run that did not finish (its reason is in the record)
             base = baselines.get(r["case"])
             r["speedup_vs_baseline"] = (base / r["median_s"]) if base else None
             # speedup_vs_<impl> against every other impl of the same case (e.g. speedup_vs_eager, _vs_compile)
             for other in recs:
-                if other["case"] == r["case"] and other is not r:
+                if other["case"] == r["case"] and other is not r and other.get("median_s"):
                     r[f"speedup_vs_{other['impl']}"] = other["median_s"] / r["median_s"]
         ceiling = next((r["tflops"] for r in recs if r["impl"] == "bf16_gemm"), None)
         for r in recs:
@@ -122,10 +149,15 @@ def pytest_sessionfinish(session, exitstatus):
         path = RESULTS / f"{machine_tag()}-{suite}.json"
         path.write_text(json.dumps({"machine": info, "results": recs}, indent=1) + "\n")
         lines = [f"\n{suite} ({machine_tag()}, torch {info['torch']}) -> {path.name}",
-                 f"{'case':40s} {'impl':14s} {'median ms':>10s} {'IQR ms':>8s} {'x base':>7s}  extra"]
+                 f"{'case':40s} {'impl':30s} {'median ms':>10s} {'IQR ms':>8s} {'x base':>7s}  extra"]
         for r in recs:
-            ratio = f"{r['speedup_vs_baseline']:.2f}" if r["speedup_vs_baseline"] else "-"
+            if not r.get("median_s"):
+                lines.append(f"{r['case'][:40]:40s} {r['impl'][:30]:30s} {'not finished':>10s}")
+                continue
+            ratio = f"{r['speedup_vs_baseline']:.2f}" if r.get("speedup_vs_baseline") else "-"
             extra = " ".join(f"{k}={r[k]:.2f}" for k in ("tflops", "gb_per_s") if k in r)
-            lines.append(f"{r['case'][:40]:40s} {r['impl'][:14]:14s} {r['median_s'] * 1e3:10.3f} "
+            if r.get("variant"):
+                extra = f"({r['variant']}) " + extra
+            lines.append(f"{r['case'][:40]:40s} {r['impl'][:30]:30s} {r['median_s'] * 1e3:10.3f} "
                          f"{r['iqr_s'] * 1e3:8.3f} {ratio:>7s}  {extra}")
         print("\n".join(lines))
