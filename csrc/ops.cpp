@@ -28,4 +28,10 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   m.def(
       "conv3d_bn_act(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, int[3] dilation, "
       "Tensor? residual, str activation) -> Tensor");
+  // The CPU buffer cache (csrc/cpu/buffer_cache.cpp): c10's CPU allocator keeps freed activation blocks
+  // for reuse while enabled. enable returns the previous state; clear frees the cached blocks (bytes).
+  m.def("cpu_buffer_cache_enable(bool enabled) -> bool");
+  m.def("cpu_buffer_cache_enabled() -> bool");
+  m.def("cpu_buffer_cache_clear() -> int");
+  m.def("cpu_buffer_cache_bytes() -> int");
 }

@@ -11,10 +11,13 @@ What changes against the reference (and why it is faster):
   block 0) read the Slow output and the lateral tensor as two K-ranges of one conv,
   conv(concat(s, l), W) = conv(s, W_s) + conv(l, W_l), the lateral part's partial sum entering the Slow
   part's epilogue as its residual; neither pathway's activations are copied;
+- on CPU, activation memory allocated once and reused by later forwards (plan.reuse_cpu_buffers: no
+  fresh pages faulted in per forward);
 - CUDA graphs by default on CUDA (small batches are launch-bound: ~100+ kernels per forward).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -26,7 +29,7 @@ from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem
     head_pool
 
 from .ops.lateral_fuse import lateral_fuse
-from .plan import FoldedConv
+from .plan import FoldedConv, reuse_cpu_buffers
 
 CL = torch.channels_last_3d
 
@@ -199,7 +202,9 @@ class FusedSlowFast(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         check_inputs(self.config, inputs)
-        with torch.no_grad():  # inference only; also lets weights made under inference_mode be used outside it
+        # no_grad: inference only; also lets weights made under inference_mode be used outside it.
+        cpu = inputs[0].device.type == "cpu"
+        with torch.no_grad(), reuse_cpu_buffers() if cpu else contextlib.nullcontext():
             return self.head(self.features(inputs))
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:

@@ -17,11 +17,13 @@ lateral site's Slow output and lateral tensor to the next stage without concaten
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+import contextlib
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
+from . import _ext
 from .ops.conv3d_bn_act import conv3d_bn_act, fold_bn, layout_of, resolve_backend
 
 Runner = Callable[..., torch.Tensor]
@@ -82,6 +84,30 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
     if chosen == "cpu":
         return OneDNNConv(weight, bias, stride, padding, dilation, activation, x)
     return OpConv(weight, bias, stride, padding, dilation, activation, x, chosen)
+
+
+@contextlib.contextmanager
+def reuse_cpu_buffers() -> Iterator[bool]:
+    """Within: large CPU tensors come from the extension's buffer cache (csrc/cpu/buffer_cache.cpp), so a
+    forward reuses the previous forward's activation memory instead of faulting fresh pages in (~24 ms of a
+    357 ms R50 8x8 CPU forward). Yields whether the cache is active (False without the extension).
+    release_cpu_buffers() returns the cached memory to the system."""
+    if _ext.LOAD_ERROR is not None or torch.compiler.is_compiling():
+        yield False
+        return
+    ops = torch.ops.slowfast_kernels
+    was = ops.cpu_buffer_cache_enable(True)
+    try:
+        yield ops.cpu_buffer_cache_enabled()
+    finally:
+        ops.cpu_buffer_cache_enable(was)
+
+
+def release_cpu_buffers() -> int:
+    """Free the CPU buffer cache's idle blocks; returns the bytes released."""
+    if _ext.LOAD_ERROR is not None:
+        return 0
+    return int(torch.ops.slowfast_kernels.cpu_buffer_cache_clear())
 
 
 def _triple(v) -> Tuple[int, int, int]:
