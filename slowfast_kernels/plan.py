@@ -23,21 +23,31 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from . import _ext
+from . import _ext, tuning
 from .ops.conv3d_bn_act import conv3d_bn_act, fold_bn, layout_of, resolve_backend
 
 Runner = Callable[..., torch.Tensor]
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last(_3d) when x is stored channels-innermost (and not also plain contiguous), else contiguous."""
+    if x.dim() == 5:
+        return layout_of(x)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class OneDNNConv:
-    """oneDNN's fused conv (bias, residual add, ReLU in the epilogue) with a weight packed for one input shape.
+    """oneDNN's fused conv (bias, residual add, ReLU in the epilogue) with a weight packed for one input shape;
+    3D or 2D (weight and x of the same rank).
 
     Packed weights: summed over the R50 8x8 layers (batch 1, 2 cores) 1.59 s vs 2.02 s with a plain
     channels_last_3d weight."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
                  activation: str, x: torch.Tensor) -> None:
-        fmt = layout_of(x)
+        fmt = memory_format(x)
         w = weight.to(dtype=x.dtype).contiguous(memory_format=fmt)
         self.args = (list(padding), list(stride), list(dilation), 1)
         self.packed = torch.ops.mkldnn._reorder_convolution_weight(w, *self.args[:3], 1, list(x.shape))
@@ -77,13 +87,109 @@ class OpConv:
                              activation=self.activation, backend=self.backend)
 
 
+class CudnnConv2D:
+    """cuDNN's fused 2D conv (bias, residual add, ReLU), for the 2D views of NDHWC convs (View2D)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
+                 activation: str, x: torch.Tensor) -> None:
+        self.weight = weight.to(device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format(x))
+        self.bias = None if bias is None else bias.to(device=x.device, dtype=x.dtype)
+        self.geometry = (list(stride), list(padding), list(dilation), 1)
+        self.activation = activation
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                 residual_is_scratch: bool = False) -> torch.Tensor:
+        # fp32 means fp32 (no TF32), as in conv3d_bn_act's cuDNN path.
+        with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic,
+                                        allow_tf32=x.dtype != torch.float32):
+            if self.activation == "relu" and residual is not None:
+                return torch.cudnn_convolution_add_relu(x, self.weight, residual, 1.0, self.bias, *self.geometry)
+            if self.activation == "relu":
+                return torch.cudnn_convolution_relu(x, self.weight, self.bias, *self.geometry)
+            y = torch.nn.functional.conv2d(x, self.weight, self.bias, *self.geometry)
+            return y if residual is None else y.add_(residual)
+
+
+def view2d_kind(weight_shape, stride, padding, dilation) -> Optional[str]:
+    """Which 2D conv over a view of NDHWC memory computes this conv3d, or None.
+
+    "frames": a 1xKxK conv is a KxK conv over the N*T frames, x.transpose(1, 2).reshape(N*T, C, H, W);
+    "time": a Kx1x1 conv (K > 1) is a (K, 1) conv over x.flatten(3), [N, C, T, H*W]. Both are views of a
+    channels_last_3d tensor (no copy), channels_last in 2D."""
+    kd, kh, kw = weight_shape[2:]
+    if kd == kh == kw == 1:
+        return None  # a plain GEMM either way: oneDNN's 3D kernel measured as fast or faster
+    if kd == 1 and stride[0] == 1 and padding[0] == 0:
+        return "frames"
+    if kh == kw == 1 and tuple(stride[1:]) == (1, 1) and tuple(padding[1:]) == (0, 0) \
+            and tuple(dilation[1:]) == (1, 1):
+        return "time"
+    return None
+
+
+class View2D:
+    """A 3D conv run as a 2D conv over a view of its NDHWC input (see view2d_kind); the output is viewed back."""
+
+    def __init__(self, kind: str, make_2d: Callable[..., Runner], weight: torch.Tensor, bias, stride, padding,
+                 dilation, activation: str, x: torch.Tensor) -> None:
+        self.kind = kind
+        if kind == "frames":
+            w2, geometry = weight[:, :, 0], (stride[1:], padding[1:], dilation[1:])
+        else:
+            w2, geometry = weight[..., 0], ((stride[0], 1), (padding[0], 0), (dilation[0], 1))
+        self.runner = make_2d(w2, bias, *geometry, activation, self._to2d(x))
+
+    def _to2d(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kind == "frames":
+            n, c, d, h, w = t.shape
+            return t.transpose(1, 2).reshape(n * d, c, h, w)
+        return t.flatten(3)
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                 residual_is_scratch: bool = False) -> torch.Tensor:
+        n, _, d, h, w = x.shape
+        r2 = None if residual is None else self._to2d(residual)
+        y2 = self.runner(self._to2d(x), r2, residual_is_scratch)
+        if self.kind == "frames":
+            return y2.reshape(n, d, *y2.shape[1:]).transpose(1, 2)
+        return y2.unflatten(3, (h, w))
+
+
+def _view2d_ok(x: torch.Tensor) -> bool:
+    """The 2D views are copies unless x is channels_last_3d."""
+    return x.dim() == 5 and layout_of(x) == torch.channels_last_3d
+
+
 def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation, activation: str,
-                x: torch.Tensor, backend: str) -> Runner:
-    """The fastest runner for inputs like x (shape, dtype, device, layout) that `backend` allows."""
+                x: torch.Tensor, backend: str, variant: str = "auto") -> Runner:
+    """The fastest runner for inputs like x (shape, dtype, device, layout) that `backend` allows.
+
+    variant: "3d", "2d" (View2D, where view2d_kind allows it) or "auto": on CUDA the faster of the two by one
+    bounded measurement per layer shape (two cuDNN calls timed, cached by slowfast_kernels.tuning: on the
+    H200 the 2D view of the Fast pathway's small-channel layers ran up to 2x faster or slower than conv3d
+    depending on the layer); elsewhere 3D.
+    """
     chosen = resolve_backend(backend, str(x.device), x.dtype)
+    geometry = (weight, bias, stride, padding, dilation, activation)
+    kind = view2d_kind(weight.shape, stride, padding, dilation) if _view2d_ok(x) else None
+    if variant == "2d":
+        if kind is None or chosen not in ("cpu", "cuda"):
+            raise ValueError(f"make_runner: variant '2d' needs a channels_last_3d input, a kernel a 2D view computes "
+                             f"(got {tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)}) "
+                             f"and the cpu or cuda backend (got {chosen!r})")
+        return View2D(kind, OneDNNConv if chosen == "cpu" else CudnnConv2D, *geometry, x)
     if chosen == "cpu":
-        return OneDNNConv(weight, bias, stride, padding, dilation, activation, x)
-    return OpConv(weight, bias, stride, padding, dilation, activation, x, chosen)
+        return OneDNNConv(*geometry, x)
+    three_d = OpConv(*geometry, x, chosen)
+    measured = chosen == "cuda" and kind is not None and weight.shape[1] > 4  # C_in <= 4: the stem kernel
+    if variant == "3d" or not measured or torch.cuda.is_current_stream_capturing():
+        return three_d
+    two_d = View2D(kind, CudnnConv2D, *geometry, x)
+    key = tuning.make_key("plan_conv_view", x.device, x.dtype, (tuple(x.shape), tuple(weight.shape), tuple(stride),
+                                                               tuple(padding), tuple(dilation), activation))
+    pick = tuning.choose(key, {"3d": lambda: three_d(x), "2d": lambda: two_d(x)}, x.device)
+    return two_d if pick == "2d" else three_d
 
 
 @contextlib.contextmanager

@@ -1,0 +1,84 @@
+"""The fused model's conv runners (slowfast_kernels.plan): every runner variant that runs here against the
+eager reference on odd shapes, 3D and through the 2D views of NDHWC memory, with residual and scratch."""
+import pytest
+import torch
+
+import slowfast_kernels as sk
+from slowfast_kernels import _ext
+from slowfast_kernels.plan import make_runner, view2d_kind
+
+CL = torch.channels_last_3d
+NATIVE = pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason="the cpu backend is the C++ extension")
+
+# (N, C_in, T, H, W, C_out, kernel, stride, padding, dilation), view kind
+SHAPES = [
+    ((2, 5, 3, 7, 9, 6, (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1)), "frames"),
+    ((1, 6, 5, 9, 8, 4, (1, 3, 3), (1, 2, 2), (0, 1, 1), (1, 1, 1)), "frames"),   # spatial stride 2
+    ((1, 7, 9, 5, 3, 5, (3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1)), "time"),      # temporal kernel, odd T
+    ((2, 4, 12, 3, 5, 8, (5, 1, 1), (4, 1, 1), (2, 0, 0), (1, 1, 1)), "time"),     # lateral: time-strided
+    ((1, 3, 4, 11, 10, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3), (1, 1, 1)), None),      # stem: no 2D view
+    ((1, 9, 2, 4, 6, 3, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)), None),        # 1x1x1: a GEMM either way
+]
+
+
+def _case(shape, seed=0):
+    n, cin, t, h, w, cout, k, s, p, d = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, t, h, w, generator=g).contiguous(memory_format=CL)
+    weight = torch.randn(cout, cin, *k, generator=g) / (cin * k[0] * k[1] * k[2]) ** 0.5
+    bias = torch.randn(cout, generator=g)
+    return x, weight, bias, s, p, d
+
+
+def _truth(x, weight, bias, s, p, d, residual, activation):
+    y = torch.nn.functional.conv3d(x.double(), weight.double(), bias.double(), s, p, d)
+    if residual is not None:
+        y = y + residual.double()
+    return torch.relu(y) if activation == "relu" else y
+
+
+@NATIVE
+@pytest.mark.parametrize("variant", ["3d", "2d"])
+@pytest.mark.parametrize("residual,scratch", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("activation", ["relu", "none"])
+@pytest.mark.parametrize("shape,kind", SHAPES, ids=[f"{s[6]}s{s[7][1]}t{s[7][0]}" for s, _ in SHAPES])
+def test_cpu_runner_matches_conv3d(shape, kind, variant, residual, scratch, activation):
+    x, weight, bias, s, p, d = _case(shape)
+    assert view2d_kind(weight.shape, s, p, d) == kind
+    if variant == "2d" and kind is None:
+        with pytest.raises(ValueError, match="variant '2d' needs"):
+            make_runner(weight, bias, s, p, d, activation, x, "cpu", variant="2d")
+        return
+    runner = make_runner(weight, bias, s, p, d, activation, x, "cpu", variant=variant)
+    out_shape = torch.nn.functional.conv3d(x, weight, None, s, p, d).shape
+    r = torch.randn(out_shape).contiguous(memory_format=CL) if residual else None
+    truth = _truth(x, weight, bias, s, p, d, r, activation)
+    y = runner(x, None if r is None else r.clone(), scratch)
+    assert y.shape == truth.shape and y.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(y.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
+
+
+@NATIVE
+def test_cpu_runner_in_low_precision_within_eager_error():
+    x, weight, bias, s, p, d = _case(SHAPES[2][0])
+    xb = x.bfloat16()
+    truth = _truth(x, weight, bias, s, p, d, None, "relu")
+    eager = torch.relu(torch.nn.functional.conv3d(xb, weight.bfloat16(), bias.bfloat16(), s, p, d))
+    bound = 2 * (eager.double() - truth).abs().max().item() + 1e-6
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 convolution on this CPU")
+    for variant in ("3d", "2d"):
+        y = make_runner(weight, bias, s, p, d, "relu", xb, "cpu", variant=variant)(xb)
+        assert (y.double() - truth).abs().max().item() <= bound
+
+
+def test_reference_backend_runner_and_2d_refusal():
+    x, weight, bias, s, p, d = _case(SHAPES[0][0])
+    y = make_runner(weight, bias, s, p, d, "relu", x, "reference")(x)
+    truth = _truth(x, weight, bias, s, p, d, None, "relu")
+    torch.testing.assert_close(y.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
+    with pytest.raises(ValueError, match="the cpu or cuda backend"):
+        make_runner(weight, bias, s, p, d, "relu", x, "reference", variant="2d")
+    ncdhw = x.contiguous()  # the views are copies unless the input is channels_last_3d
+    with pytest.raises(ValueError, match="channels_last_3d"):
+        make_runner(weight, bias, s, p, d, "relu", ncdhw, "cpu", variant="2d")
