@@ -8,6 +8,7 @@ import slowfast_kernels as sk
 import slowfast_reference as R
 from _checkpoint_fixtures import randomize
 from conftest import requires_cuda
+from slowfast_kernels.backends import backend_unavailable_reason
 
 ARCHS = ["slowfast_r50_8x8", "slowfast_r50_4x16", "slowfast_r101_8x8", "slowfast_r101_16x8", "slow_r50_8x8"]
 
@@ -135,6 +136,18 @@ def test_fuse_cuda_graph_argument():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         sk.fuse(model, cuda_graph=True)
     assert isinstance(sk.fuse(model), sk.fuse.__globals__["FusedSlowFast"])  # "auto" on CPU: no graph runner
+
+
+@pytest.mark.skipif(backend_unavailable_reason("triton", torch.device("cpu")) is not None,
+                    reason="triton cannot run on CPU tensors here")
+@pytest.mark.parametrize("arch,lateral,fusion", [("slowfast_r50_8x8", "time_strided_conv", "concat"),
+                                                 ("slowfast_r50_4x16", "time_to_channel", "sum")])
+def test_fused_triton_backend_in_the_interpreter(arch, lateral, fusion):
+    """Every conv and lateral of the fused model through the Triton kernels (the interpreter on CPU)."""
+    model = randomize(R.build_model(arch, num_classes=4, lateral=lateral, fusion=fusion)).eval()
+    x = _inputs(model, size=32, frames=model.config.alpha * 2)
+    with torch.no_grad():
+        assert _rel_err(sk.fuse(model, backend="triton")(x), model(x)) < 1e-4
 
 
 def test_fused_reference_backend_matches():
