@@ -28,6 +28,12 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   m.def(
       "conv3d_bn_act(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, int[3] dilation, "
       "Tensor? residual, str activation) -> Tensor");
+  // CPU conv3d for 1 to 4 input channels (the stems; csrc/cpu/conv3d_small_cin.cpp): fp32, stride (1, s, s)
+  // with s 1 or 2, dilation 1, + bias, activation (relu | none); any x layout in, channels_last_3d out.
+  // portable: skip the AVX-512 path (tests compare both).
+  m.def(
+      "conv3d_small_cin(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, str activation, "
+      "bool portable=False) -> Tensor");
   // The CPU buffer cache (csrc/cpu/buffer_cache.cpp): c10's CPU allocator keeps freed activation blocks
   // for reuse while enabled. enable returns the previous state; clear frees the cached blocks (bytes).
   m.def("cpu_buffer_cache_enable(bool enabled) -> bool");

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import _ext, tuning
 from .ops.conv3d_bn_act import conv3d_bn_act, fold_bn, layout_of, resolve_backend
+from .ops.conv3d_small_cin import conv3d_small_cin, small_cin_wins
 
 Runner = Callable[..., torch.Tensor]
 
@@ -69,6 +70,25 @@ class OneDNNConv:
                                                                    "add", 1.0, self.unary, [], None)
         return torch.ops.mkldnn._convolution_pointwise.binary(x, r, self.packed, self.bias_x, *self.args, "add",
                                                               1.0, self.unary, [], None)
+
+
+class SmallCinConv:
+    """The stems' CPU conv (ops/conv3d_small_cin.py: vectorized along output rows), bias and ReLU fused."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
+                 activation: str, x: torch.Tensor) -> None:
+        self.weight = weight.float().contiguous()
+        self.bias = None if bias is None else bias.float().contiguous()
+        self.stride, self.padding, self.activation = list(stride), list(padding), activation
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                 residual_is_scratch: bool = False) -> torch.Tensor:
+        y = conv3d_small_cin(x, self.weight, self.bias, self.stride, self.padding, activation="none"
+                             if residual is not None else self.activation)
+        if residual is None:
+            return y
+        y.add_(residual)
+        return y.relu_() if self.activation == "relu" else y
 
 
 class OpConv:
@@ -179,6 +199,8 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
                              f"(got {tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)}) "
                              f"and the cpu or cuda backend (got {chosen!r})")
         return View2D(kind, OneDNNConv if chosen == "cpu" else CudnnConv2D, *geometry, x)
+    if chosen == "cpu" and variant == "auto" and small_cin_wins(x, weight.shape, stride, padding, dilation):
+        return SmallCinConv(*geometry, x)
     if chosen == "cpu":
         # oneDNN runs a temporal Kx1x1 conv faster as the (K, 1) 2D conv over [N, C, T, H*W] (2 cores, fp32,
         # batch 1: Slow 1024->256 3x1x1 at 8x14x14 8.86 -> 6.53 ms, 1280->512 22.3 -> 16.4 ms; every temporal

@@ -1,0 +1,57 @@
+"""conv3d_small_cin: the CPU conv of the stems (1 to 4 input channels), vectorized along the output row.
+
+oneDNN vectorizes over output channels, which the Fast stem's 8 fill half of (it runs 3 -> 8 at the same
+speed as 3 -> 16). The native kernel (csrc/cpu/conv3d_small_cin.cpp) puts 16 output columns in a register
+and one register per output channel instead. Used by the fused model's CPU runners where `small_cin_wins`
+says so; callable on its own.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .. import _ext
+from .conv3d_bn_act import output_shape
+
+
+def supports(x: torch.Tensor, weight_shape, stride, padding, dilation) -> Optional[str]:
+    """None when the native kernel computes this conv, else why not."""
+    if _ext.LOAD_ERROR is not None:
+        return _ext.LOAD_ERROR
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return f"needs float32 CPU tensors, got {x.dtype} on {x.device}"
+    if not 1 <= weight_shape[1] <= 4:
+        return f"needs 1 to 4 input channels, got {weight_shape[1]}"
+    if tuple(dilation) != (1, 1, 1) or stride[0] != 1 or stride[1] != stride[2] or stride[1] not in (1, 2):
+        return f"needs stride (1, s, s) with s 1 or 2 and no dilation, got stride {tuple(stride)} " \
+               f"dilation {tuple(dilation)}"
+    return None
+
+
+def small_cin_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
+    """The measured rule (2 cores, fp32, batch 1): 3 -> 8 5x7x7 stride (1,2,2) (the Fast stem) 26 ms in oneDNN,
+    ~1.1x faster here (measured under load; see benchmarks/bench_conv3d.py); 3 -> 64 1x7x7 (the Slow stem)
+    oneDNN 2.3x faster: it fills whole registers with 64 output channels. So: up to 16 output channels."""
+    return supports(x, weight_shape, stride, padding, dilation) is None and weight_shape[0] <= 16
+
+
+def conv3d_small_cin(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Sequence[int],
+                     padding: Sequence[int], *, activation: str = "relu", portable: bool = False) -> torch.Tensor:
+    """act(conv3d(x, weight) + bias). x [N, C_in <= 4, T, H, W] float32 CPU, any strides; weight
+    [C_out, C_in, kd, kh, kw]; bias [C_out] or None; stride (1, s, s) with s 1 or 2; padding 3 ints;
+    activation "relu" | "none". Returns [N, C_out, To, Ho, Wo] channels_last_3d. portable=True skips the
+    AVX-512 path (for tests: both must agree)."""
+    why = supports(x, weight.shape, stride, padding, (1, 1, 1)) if isinstance(x, torch.Tensor) else "x is no tensor"
+    if why is not None:
+        raise ValueError(f"conv3d_small_cin: {why}")
+    return torch.ops.slowfast_kernels.conv3d_small_cin(x, weight, bias, list(stride), list(padding), activation,
+                                                       portable)
+
+
+if _ext.LOAD_ERROR is None:
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_small_cin")
+    def _fake(x, weight, bias, stride, padding, activation, portable=False):
+        shape = output_shape(x.shape, weight.shape, stride, padding, (1, 1, 1))
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)

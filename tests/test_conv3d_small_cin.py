@@ -1,0 +1,82 @@
+"""conv3d_small_cin (the stems' CPU conv): against conv3d in float64 on odd shapes, every layout, both the
+AVX-512 and the portable path, opcheck, bad input."""
+import pytest
+import torch
+
+from slowfast_kernels import _ext
+from slowfast_kernels.ops.conv3d_small_cin import conv3d_small_cin, small_cin_wins
+
+pytestmark = pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason="the kernel is part of the C++ extension")
+CL = torch.channels_last_3d
+
+# (N, C_in, T, H, W, C_out, kernel, stride, padding)
+SHAPES = [
+    (3, 3, 7, 37, 45, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3)),     # Fast stem, odd sizes
+    (1, 3, 4, 37, 45, 20, (1, 7, 7), (1, 2, 2), (0, 3, 3)),    # Slow-stem kernel, C_out not a multiple of 8
+    (2, 1, 3, 9, 11, 5, (3, 5, 5), (1, 2, 2), (0, 0, 2)),      # C_in 1, uneven padding
+    (1, 4, 5, 13, 6, 16, (3, 3, 3), (1, 1, 1), (1, 1, 1)),     # C_in 4, stride 1
+    (1, 2, 2, 3, 70, 3, (1, 3, 3), (1, 2, 2), (0, 1, 1)),      # a row longer than two 16-column blocks
+]
+IDS = ["fast_stem", "slow_stem_k", "cin1", "cin4_s1", "long_row"]
+
+
+def _case(shape, layout, seed=0):
+    n, cin, t, h, w, cout, k, s, p = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, t, h, w, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    elif layout == "strided":
+        x = torch.randn(n, cin, t, h, 2 * w, generator=g)[..., ::2]
+    weight = torch.randn(cout, cin, *k, generator=g) / (cin * k[0] * k[1] * k[2]) ** 0.5
+    bias = torch.randn(cout, generator=g)
+    return x, weight, bias, s, p
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["native", "portable"])
+@pytest.mark.parametrize("activation", ["relu", "none"])
+@pytest.mark.parametrize("layout", ["ncdhw", "channels_last", "strided"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_matches_conv3d(shape, layout, activation, portable):
+    x, weight, bias, s, p = _case(shape, layout)
+    truth = torch.nn.functional.conv3d(x.double(), weight.double(), bias.double(), s, p)
+    if activation == "relu":
+        truth = torch.relu(truth)
+    y = conv3d_small_cin(x, weight, bias, s, p, activation=activation, portable=portable)
+    assert y.shape == truth.shape and y.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(y.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
+
+
+def test_no_bias_and_opcheck():
+    x, weight, _, s, p = _case(SHAPES[0], "channels_last")
+    x = x[:1, :, :3, :12, :13].contiguous()
+    truth = torch.nn.functional.conv3d(x.double(), weight.double(), None, s, p).relu()
+    y = conv3d_small_cin(x, weight, None, s, p)
+    torch.testing.assert_close(y.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
+    torch.library.opcheck(torch.ops.slowfast_kernels.conv3d_small_cin,
+                          (x, weight, None, list(s), list(p), "relu", False))
+
+
+def test_bad_input_is_named():
+    x, weight, bias, s, p = _case(SHAPES[0], "ncdhw")
+    with pytest.raises(ValueError, match="needs 1 to 4 input channels, got 5"):
+        conv3d_small_cin(torch.randn(1, 5, 4, 8, 8), torch.randn(8, 5, 1, 3, 3), None, (1, 1, 1), (0, 1, 1))
+    with pytest.raises(ValueError, match="needs float32 CPU tensors"):
+        conv3d_small_cin(x.double(), weight, bias, s, p)
+    with pytest.raises(ValueError, match=r"needs stride \(1, s, s\)"):
+        conv3d_small_cin(x, weight, bias, (2, 2, 2), p)
+    with pytest.raises(RuntimeError, match="smaller than the kernel"):
+        conv3d_small_cin(x[:, :, :, :3, :3], weight, bias, s, (2, 0, 0))
+    with pytest.raises(RuntimeError, match="weight: expected 3 input channels"):
+        conv3d_small_cin(x, weight[:, :2], bias, s, p)
+    with pytest.raises(RuntimeError, match="bias: expected a float32 tensor of shape"):
+        conv3d_small_cin(x, weight, bias[:3], s, p)
+    with pytest.raises(RuntimeError, match="activation: expected 'relu' or 'none'"):
+        conv3d_small_cin(x, weight, bias, s, p, activation="gelu")
+
+
+def test_rule_takes_few_output_channels_only():
+    x = torch.randn(1, 3, 4, 16, 16)
+    assert small_cin_wins(x, (8, 3, 5, 7, 7), (1, 2, 2), (2, 3, 3), (1, 1, 1))        # the Fast stem
+    assert not small_cin_wins(x, (64, 3, 1, 7, 7), (1, 2, 2), (0, 3, 3), (1, 1, 1))  # the Slow stem: oneDNN
+    assert not small_cin_wins(x.bfloat16(), (8, 3, 5, 7, 7), (1, 2, 2), (2, 3, 3), (1, 1, 1))
