@@ -34,6 +34,15 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   m.def(
       "conv3d_small_cin(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, str activation, "
       "bool portable=False) -> Tensor");
+  // CPU temporal conv (3x1x1, stride 1, padding (1, 0, 0)) by Winograd F(4, 3) along time
+  // (csrc/cpu/conv3d_winograd_time.cpp): the filter transformed once, then act(conv + bias + residual),
+  // fp32, channels_last_3d out.
+  m.def("conv3d_winograd_time_weight(Tensor weight) -> Tensor");
+  m.def("conv3d_winograd_time(Tensor x, Tensor packed, Tensor? bias, str activation, Tensor? residual) -> Tensor");
+  // Its two halves, for runners that do the 6 GEMMs themselves: x -> V [6, R, C], and the 6 products
+  // [R, C_out] -> out [N, C_out, T, H, W] = act(A^T M + bias + residual) (residual may be out itself).
+  m.def("winograd_time_input(Tensor x) -> Tensor");
+  m.def("winograd_time_output(Tensor[] m, Tensor? bias, str activation, Tensor? residual, Tensor(a!) out) -> ()");
   // The CPU buffer cache (csrc/cpu/buffer_cache.cpp): c10's CPU allocator keeps freed activation blocks
   // for reuse while enabled. enable returns the previous state; clear frees the cached blocks (bytes).
   m.def("cpu_buffer_cache_enable(bool enabled) -> bool");
