@@ -222,7 +222,8 @@ class Conv3dBNActMaxPool(Conv3dBNAct):
                           activation: str = "relu", backend: str = "auto",
                           copy_modules: bool = True) -> "Conv3dBNActMaxPool":
         """Wrap a reference stem's conv (+ BN) and its MaxPool3d (dilation 1, ceil_mode False, no indices)."""
-        if not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode or pool.return_indices or pool.dilation not in (1, (1, 1, 1)):
+        if (not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode or pool.return_indices
+                or pool.dilation not in (1, (1, 1, 1))):
             raise ValueError(f"Conv3dBNActMaxPool.from_conv_bn_pool: pool: expected an nn.MaxPool3d with dilation 1, "
                              f"ceil_mode=False and return_indices=False, got {pool!r}")
         if tuple(conv.dilation) != (1, 1, 1):
