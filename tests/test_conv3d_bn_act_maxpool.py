@@ -80,7 +80,7 @@ def test_triton_parity(stem, stride, layout, dtype):
     """Every stem kernel x stride x layout x dtype, pool fused; T and batch cut (the interpreter's cost),
     H and W kept odd."""
     t = 3 if stem is FAST else 2
-    x, weight, bias = make(stem, n=2, t=t, h=21 if stride == 1 else 37, w=19 if stride == 1 else 45, c_in=3,
+    x, weight, bias = make(stem, n=1, t=t, h=21 if stride == 1 else 37, w=19 if stride == 1 else 45, c_in=3,
                            c_out=8, dtype=dtype, layout=layout)
     s = (1, stride, stride)
     y = sk.conv3d_bn_act_maxpool(x, weight, bias, s, stem["padding"], backend="triton")
@@ -105,7 +105,16 @@ def test_triton_other_pool_runs_separately():
     y = sk.conv3d_bn_act_maxpool(x, weight, bias, 1, (0, 3, 3), pool_kernel=pool[0], pool_stride=pool[1],
                                  pool_padding=pool[2], backend="triton")
     check_close(y, x, weight, bias, 1, (0, 3, 3), pool=pool)
-    assert not fuse_pool_rule(8, pool) and fuse_pool_rule(8, stem_op.STEM_POOL)
+    assert not fuse_pool_rule(tuple(weight.shape), x.dtype, pool)
+
+
+def test_fuse_pool_rule_on_the_stems():
+    """The cost model's picks (see fuse_pool_rule): Fast stem pool separate, Slow stem pool fused."""
+    bf16, pool = torch.bfloat16, stem_op.STEM_POOL
+    assert not fuse_pool_rule((8, 3, 5, 7, 7), bf16, pool)
+    assert fuse_pool_rule((64, 3, 1, 7, 7), bf16, pool)
+    assert fuse_pool_rule((64, 3, 1, 7, 7), torch.float32, pool)
+    assert not fuse_pool_rule((64, 3, 1, 7, 7), bf16, ((1, 3, 3), (1, 2, 2), (0, 0, 0)))
 
 
 @pytest.mark.parametrize("c_out", [8, 24], ids=["small_cin_kernel", "onednn"])

@@ -3,8 +3,8 @@
 Public entry points: conv3d_bn_act_maxpool, conv3d_bn_act_maxpool_ref (same signature, eager PyTorch),
 small_cin_triton_rule (which stem convs the CUDA backends hand to the small-C_in Triton kernel).
 Backends: triton = the small-C_in kernels (slowfast_kernels/triton/conv3d_bn_act_maxpool.py), with the
-pool fused when it is the stem pool ((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so, else the
-conv kernel then torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
+pool fused when it is the stem pool ((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so (the Slow
+stem, not the Fast one), else the conv kernel then torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
 small-C_in kernel where plan's measured rule picks it, else oneDNN's fused conv) then max_pool3d;
 reference = eager conv3d + bias + relu + max_pool3d.
 
@@ -38,16 +38,40 @@ def small_cin_triton_rule(c_in: int, dilation: Sequence[int] = (1, 1, 1), residu
     return 1 <= c_in <= MAX_SMALL_CIN and tuple(dilation) == (1, 1, 1) and not residual
 
 
-def fuse_pool_rule(c_out: int, pool: Tuple[Tuple[int, ...], ...]) -> bool:
-    """Whether the triton backend pools inside the conv kernel: for the stem pool, always.
+# The fused/separate pool cost model (H100/H200 figures; constants to re-fit once both paths are measured):
+# the conv kernels gather A element by element (the gather's alignment is unknown to Triton, so no vector
+# loads), ~32 lanes per clock per SM, ~7e12 lane loads/s; HBM ~4.2e12 B/s (GPU_PROFILE.md's copy rate).
+LANE_LOADS_PER_S = 7.2e12
+HBM_BYTES_PER_S = 4.2e12
+# Bytes per conv output element that a separate pool moves: the conv's store, the pool's read, and the
+# int64 index per pooled element that CUDA's max_pool3d writes even when unused (8 bytes / 4 elements).
+SEPARATE_POOL_BYTES_PER_ELEMENT = 2.0  # times the element size, plus:
+SEPARATE_POOL_INDEX_BYTES = 2.0
 
-    On paper (H200, batch 32, 224, bf16): the separate pool writes and reads back the conv output, 205 MB
-    (Fast stem) or 411 MB (Slow stem), ~0.1 / 0.2 ms at 4.2 TB/s, plus max_pool3d's own launch and
-    inefficiency; the fused kernel instead recomputes the halo, 1.22x (Fast, 16 x 32 blocks) or 1.31x
-    (Slow, 16 x 16) of a conv estimated at ~0.6 ms of padded MMA for the Fast stem. Not yet measured on a
-    GPU: bench_conv3d.py's fast_stem / slow_stem cases time both (`triton_pool_fused`, `triton_pool_separate`).
+
+def fuse_pool_rule(weight_shape: Sequence[int], dtype: torch.dtype, pool: Tuple[Tuple[int, ...], ...]) -> bool:
+    """Whether the triton/cuda backends pool inside the conv kernel (only the stem pool can be): when the
+    conv-output traffic the fused kernel saves costs more than the halo it recomputes, per conv output:
+
+        saved  C_out * (2 * element size + 2) bytes / HBM rate
+        extra  (recompute - 1) * padded K lane loads / load rate
+
+    Fast stem, bf16: saved 8 * 6 = 48 B = 11 ps; extra 0.22 * 1120 loads = 34 ps -> separate pool.
+    Slow stem, bf16: saved 64 * 6 = 384 B = 91 ps; extra 0.31 * 224 loads = 10 ps -> fused.
+    On paper only: bench_conv3d.py's fast_stem / slow_stem cases time both (`triton_pool_fused`,
+    `triton_pool_separate`) on a GPU.
     """
-    return tuple(tuple(p) for p in pool) == STEM_POOL and c_out >= 1
+    from ..triton.conv3d_bn_act_maxpool import POOL_CONFIGS, block_n, padded_k, pool_recompute
+
+    if tuple(tuple(p) for p in pool) != STEM_POOL:
+        return False
+    c_out, c_in, kd, kh, kw = weight_shape
+    cfg = POOL_CONFIGS[block_n(c_out)]
+    elem = torch.empty(0, dtype=dtype).element_size()
+    saved_s = c_out * (SEPARATE_POOL_BYTES_PER_ELEMENT * elem + SEPARATE_POOL_INDEX_BYTES) / HBM_BYTES_PER_S
+    extra_s = (pool_recompute(cfg["ROWS"], cfg["COLS"]) - 1) * padded_k(c_in, kd, kh, kw) / LANE_LOADS_PER_S
+    # C_out beyond one N tile recomputes the gather per tile: the kernels take C_out <= 64 in one.
+    return saved_s > extra_s * -(-c_out // block_n(c_out))
 
 
 def conv3d_bn_act_maxpool_ref(
@@ -174,7 +198,7 @@ def _triton(x, weight, bias, stride, padding, activation, pool, fuse_pool):
         raise ValueError(f"{_NAME}: x: the triton backend runs 1 to {MAX_SMALL_CIN} input channels (the stems), "
                          f"got {x.shape[1]}; use backend='cpu' or 'reference'")
     if fuse_pool is None:
-        fuse_pool = fuse_pool_rule(weight.shape[0], pool)
+        fuse_pool = fuse_pool_rule(tuple(weight.shape), x.dtype, pool)
     elif fuse_pool and tuple(tuple(p) for p in pool) != STEM_POOL:
         raise ValueError(f"{_NAME}: fuse_pool=True: the fused kernel pools with kernel (1,3,3), stride (1,2,2), "
                          f"padding (0,1,1), got kernel {pool[0]}, stride {pool[1]}, padding {pool[2]}")

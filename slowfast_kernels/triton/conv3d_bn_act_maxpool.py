@@ -177,14 +177,18 @@ if triton is not None:
 
 # -- configs: fixed per shape class, no autotuning ----------------------------------------------------
 
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def block_k(c_in: int, kw: int) -> int:
     """One (kw, c) row of the kernel per K step, padded to a power of two >= 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(c_in * kw))
+    return max(16, _pow2(c_in * kw))
 
 
 def block_n(c_out: int) -> int:
     """N padded to >= 16 (tl.dot's minimum), at most 64 per program (the Slow stem's 64 in one tile)."""
-    return max(16, min(64, triton.next_power_of_2(c_out)))
+    return max(16, min(64, _pow2(c_out)))
 
 
 # Conv-only kernel, keyed by block_n. BLOCK_M 128 with 4 warps: the usual Hopper tile for a thin N; the
@@ -208,6 +212,11 @@ POOL_CONFIGS = {
 # programs (the pool block then overlaps its neighbours in both directions).
 INTERPRETER_CONV = dict(BLOCK_M=512)
 INTERPRETER_POOL = dict(ROWS=16, COLS=32)
+
+
+def padded_k(c_in: int, kd: int, kh: int, kw: int) -> int:
+    """K as the kernels walk it: KD x KH steps of block_k (1120 for the Fast stem's 735, 224 for the Slow's 147)."""
+    return kd * kh * block_k(c_in, kw)
 
 
 def pool_recompute(rows: int, cols: int) -> float:
