@@ -7,10 +7,12 @@ Why a kernel of its own: the general implicit GEMM (triton/conv3d_bn_act.py) dec
 stem (3 -> 8, 5x7x7) is M = 12.8 M rows (batch 32, 224), K = 735, N = 8. Here K is walked as KD x KH steps
 of one (kw, c) row of BLOCK_K = next_pow2(KW * C_in) (21 -> 32 for both stems): the (kw, c) decode and
 the W-bounds mask are computed once per program, each step adds one scalar offset and a [BLOCK_M] row
-mask. The padded K (1120 for 735, 1.52x) only costs tensor-core work, which is not the limit here: the
-Fast stem's 151 GFLOP, padded to N = 16 and K = 1120, is ~460 GFLOP of bf16 MMA, ~0.6 ms at 750 TFLOP/s.
-The weight is packed once per call into [KD, KH, BLOCK_K, N_pad] (zeros in the padding), so its loads
-need no mask.
+mask. Expected limit on paper: the gather, not the MMA. The Fast stem's 151 GFLOP padded to N = 16 and
+K = 1120 is ~460 GFLOP of bf16 MMA (~0.6 ms at 750 TFLOP/s), while its A operand is 12.8 M x 1120 element
+loads with no provable alignment (so no vector loads), ~2 ms at ~7e12 lane loads/s; still 14x under
+cuDNN's 28.7 ms. (Padding C_in 3 -> 4 in a copy of the input would make each tap 8 aligned bytes: the next
+step if a GPU run confirms the bound.) The weight is packed per call into [KD, KH, BLOCK_K, N_pad] (zeros
+in the padding), so its loads need no mask.
 
 The fused max-pool: a program computes a ROWS x COLS block of conv outputs starting one row and one
 column before its first pool window, pools it in registers (pairs by reshape + split, the window's third
@@ -18,8 +20,8 @@ element by a one-step tl.gather shift) and writes (ROWS/2 - 1) x (COLS/2 - 1) po
 blocks overlap by the halo, so the conv is recomputed by ROWS*COLS / (4 * (ROWS/2-1) * (COLS/2-1)):
 1.22x at 16 x 32, against 2.25x for computing each 3x3 window's conv outputs separately.
 
-Accumulation in fp32; every pointer offset in int64 (a 32x3x32x224x224 clip is 154 M elements, the
-conv output of the Slow stem at batch 64 passes 2**31).
+Accumulation in fp32; every pointer offset in int64 (the Slow stem's conv output at batch 32 is 206 M
+elements; a large batch, or an input with a big batch stride, passes 2**31).
 """
 from __future__ import annotations
 
