@@ -302,6 +302,25 @@ def test_small_cin_rule():
     assert not small_cin_triton_rule(3, residual=True)
 
 
+@needs_triton
+@pytest.mark.parametrize("layout", [NCDHW, CL], ids=["ncdhw", "ndhwc"])
+def test_conv3d_bn_act_small_cin_path(layout):
+    """What conv3d_bn_act's cuda backend runs for C_in <= 4, here in the interpreter: x's layout kept, and
+    the out= channel slice."""
+    from slowfast_kernels.ops import conv3d_bn_act as conv_op
+
+    x, weight, bias = make(SLOW, n=2, t=2, h=15, w=13, c_out=6, layout=layout)
+    s, p = (1, 2, 2), (0, 3, 3)
+    want = sk.conv3d_bn_act(x, weight, bias, s, p, backend="reference")
+    y = conv_op._run_small_cin(x, weight, bias, s, p, "relu", None, 0)
+    assert y.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(y, want, rtol=FP32_RTOL, atol=1e-5)
+    out = torch.full((2, 9, *want.shape[2:]), -7.0).contiguous(memory_format=CL)
+    view = conv_op._run_small_cin(x, weight, bias, s, p, "relu", out, 3)
+    torch.testing.assert_close(view, want, rtol=FP32_RTOL, atol=1e-5)
+    assert (out[:, :3] == -7).all()
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_conv3d_bn_act_takes_the_small_cin_kernel_unmeasured(dtype, tmp_path, monkeypatch):
