@@ -8,6 +8,13 @@ the same run. Impls:
 - `compiled` (SLOWFAST_BENCH_COMPILE=1): torch.compile(mode="max-autotune") with inductor freezing.
 The last test prints the sums over the model's layers (each layer weighted by how often the model runs it).
 
+Stem cases `fast_stem` (3 -> 8, 5x7x7, T 32) and `slow_stem` (3 -> 64, 1x7x7, T 8), stride (1,2,2), at 224,
+timed to the pooled output (conv + BN + ReLU + max-pool (1,3,3)/(1,2,2)/(0,1,1)) for every impl; GPU: batch
+32 bf16, CPU: batch 1 fp32. Impls: `eager` (nn modules; GPU bf16 NCDHW, eager's fastest there; CPU fp32
+NCDHW), `cudnn` / `onednn` (the vendor's fused conv + bias + ReLU on channels_last_3d, then max_pool3d),
+`fused` (conv3d_bn_act_maxpool, backend auto: what fuse() runs); GPU also `triton_pool_fused` and
+`triton_pool_separate` (both Triton paths, whichever the shape rule picks).
+
 Run: python -m pytest benchmarks/bench_conv3d.py   (GPU: the same command on a CUDA machine)
 """
 from __future__ import annotations
@@ -126,9 +133,59 @@ def test_conv3d_layer(measure, key, impl):
                 count=LAYERS[key], layer_flops=flops(key))
 
 
+STEMS = {
+    "fast_stem": dict(t=32, c_out=8, kernel=(5, 7, 7), padding=(2, 3, 3)),
+    "slow_stem": dict(t=8, c_out=64, kernel=(1, 7, 7), padding=(0, 3, 3)),
+}
+STEM_BATCH = 32 if CUDA else 1
+STEM_DTYPE = torch.bfloat16 if CUDA else torch.float32
+STEM_IMPLS = (["eager", "cudnn", "fused", "triton_pool_fused", "triton_pool_separate"] if CUDA
+              else ["eager", "onednn", "fused"])
+
+
+def stem_fn(impl, name):
+    cfg = STEMS[name]
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, cfg["c_out"], cfg["kernel"], (1, 2, 2), cfg["padding"], bias=False)
+    bn = torch.nn.BatchNorm3d(cfg["c_out"])
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2)
+        bn.running_mean.normal_()
+    pool = torch.nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+    x = torch.randn(STEM_BATCH, 3, cfg["t"], 224, 224, device=DEVICE, dtype=STEM_DTYPE)
+    if impl == "eager":
+        mod = torch.nn.Sequential(conv, bn, torch.nn.ReLU(), pool).to(DEVICE, STEM_DTYPE).eval()
+        return lambda: mod(x)
+    w, b = sk.fold_bn(conv, bn)
+    w, b = w.to(DEVICE), b.to(DEVICE)
+    xc = x.contiguous(memory_format=CL)
+    if impl in ("cudnn", "onednn"):
+        wc = w.to(STEM_DTYPE).contiguous(memory_format=CL)
+        backend = "cpu" if impl == "onednn" else None
+        if backend:
+            return lambda: pool(sk.conv3d_bn_act(xc, wc, b, (1, 2, 2), cfg["padding"], backend=backend))
+        return lambda: pool(torch.ops.slowfast_kernels.conv3d_bn_act(xc, wc, b, [1, 2, 2], list(cfg["padding"]),
+                                                                     [1, 1, 1], None, "relu"))
+    fuse_pool = {"fused": None, "triton_pool_fused": True, "triton_pool_separate": False}[impl]
+    backend = "auto" if impl == "fused" else "triton"
+    return lambda: sk.conv3d_bn_act_maxpool(xc, w, b, (1, 2, 2), cfg["padding"], fuse_pool=fuse_pool,
+                                            backend=backend)
+
+
+@pytest.mark.parametrize("impl", STEM_IMPLS)
+@pytest.mark.parametrize("name", list(STEMS))
+def test_stem(measure, name, impl):
+    cfg = STEMS[name]
+    key = ((STEM_BATCH, 3, cfg["t"], 224, 224), cfg["c_out"], cfg["kernel"], (1, 2, 2), cfg["padding"])
+    fn = stem_fn(impl, name)
+    with torch.no_grad():
+        measure(name, impl, lambda: fn(), baseline=impl == "eager", device=DEVICE, flops=flops(key),
+                dtype=str(STEM_DTYPE).replace("torch.", ""), batch=STEM_BATCH)
+
+
 def test_zz_model_sums(capsys):
     """Each impl's time summed over the model's conv layers (weighted by count), and its ratio to eager."""
-    recs = [r for r in _records["bench_conv3d"]]
+    recs = [r for r in _records["bench_conv3d"] if "count" in r]  # the stem cases are not layer sums
     if not recs:
         pytest.skip("no layer was measured")
     sums, work, cases = {}, {}, set()

@@ -1,7 +1,7 @@
 """slowfast_kernels: fused kernels and a fast inference model for SlowFast video networks.
 
 Public API (DESIGN.md): load_checkpoint, temporal_indices, pack_pathways, lateral_fuse, fold_bn,
-conv3d_bn_act, fuse. Every op takes backend = auto | triton | cuda | cpu | reference; see
+conv3d_bn_act, conv3d_bn_act_maxpool, fuse. Every op takes backend = auto | triton | cuda | cpu | reference; see
 slowfast_kernels.backends for how one is chosen.
 """
 from . import _ext, backends
@@ -11,14 +11,16 @@ from .checkpoints import load_checkpoint
 from . import io  # noqa: E402  (PyAV is imported only when a video is read)
 from .ops.pack_pathways import pack_pathways, pack_pathways_ref, temporal_indices
 from .ops.conv3d_bn_act import conv3d_bn_act, conv3d_bn_act_ref, fold_bn
-from .modules import Conv3dBNAct
+from .ops.conv3d_bn_act_maxpool import conv3d_bn_act_maxpool, conv3d_bn_act_maxpool_ref
+from .modules import Conv3dBNAct, Conv3dBNActMaxPool
 from . import tuning
 from .fuse import fuse
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailable", "Conv3dBNAct", "backends", "conv3d_bn_act", "conv3d_bn_act_ref", "fold_bn", "fuse", "io",
+    "BackendUnavailable", "Conv3dBNAct", "Conv3dBNActMaxPool", "backends", "conv3d_bn_act", "conv3d_bn_act_maxpool",
+    "conv3d_bn_act_maxpool_ref", "conv3d_bn_act_ref", "fold_bn", "fuse", "io",
     "lateral_fuse", "lateral_fuse_ref", "load_checkpoint", "pack_pathways", "pack_pathways_ref", "temporal_indices",
     "tuning",
 ]

@@ -186,3 +186,75 @@ class Conv3dBNAct(nn.Module):
         if self.training:
             return self._eager(x, residual, out, out_channel_offset)
         return self._fused(x, residual, out, out_channel_offset, residual_is_scratch)
+
+
+class Conv3dBNActMaxPool(Conv3dBNAct):
+    """The SlowFast stem as one module: max_pool3d(act(BN(conv(x)))), ``forward(x)``.
+
+    Shapes (stems at 224x224; Fast: C_out 8, kernel 5x7x7, padding (2,3,3); Slow: C_out 64, 1x7x7, (0,3,3)):
+      input        x  [N, C_in, T, H, W]           e.g. [N, 3, T, 224, 224], NCDHW or channels_last_3d
+      weight          [C_out, C_in, kd, kh, kw]     conv.weight; BN folded into it in eval (fp32)
+      conv output     [N, C_out, To, Ho, Wo]        Ho = (H + 2 ph - kh) // sh + 1 = 112; not stored when the
+                                                    triton/cuda backends fuse the pool
+      pooled output   [N, C_out, To', Ho', Wo']     Ho' = (Ho + 2 pool_ph - pool_kh) // pool_sh + 1 = 56;
+                                                    channels_last_3d in eval, x's dtype
+    Parameters live in ``conv`` and ``norm`` as in Conv3dBNAct (state dicts match a reference conv/norm
+    pair); the pool's kernel, stride and padding are plain attributes. Train mode is eager with autograd;
+    eval runs conv3d_bn_act_maxpool with the fold cached.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 pool_kernel=(1, 3, 3), pool_stride=(1, 2, 2), pool_padding=(0, 1, 1), activation: str = "relu",
+                 norm: bool = True, bias: bool = False, eps: float = 1e-5, momentum: float = 0.1,
+                 backend: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 1, activation, norm, bias, eps,
+                         momentum, backend)
+        self._set_pool(pool_kernel, pool_stride, pool_padding)
+
+    def _set_pool(self, kernel, stride, padding) -> None:
+        def triple(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+        self.pool_kernel, self.pool_stride, self.pool_padding = triple(kernel), triple(stride), triple(padding)
+
+    @classmethod
+    def from_conv_bn_pool(cls, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d], pool: nn.MaxPool3d,
+                          activation: str = "relu", backend: str = "auto",
+                          copy_modules: bool = True) -> "Conv3dBNActMaxPool":
+        """Wrap a reference stem's conv (+ BN) and its MaxPool3d (dilation 1, ceil_mode False, no indices)."""
+        if (not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode or pool.return_indices
+                or pool.dilation not in (1, (1, 1, 1))):
+            raise ValueError(f"Conv3dBNActMaxPool.from_conv_bn_pool: pool: expected an nn.MaxPool3d with dilation 1, "
+                             f"ceil_mode=False and return_indices=False, got {pool!r}")
+        if tuple(conv.dilation) != (1, 1, 1):
+            raise ValueError(f"Conv3dBNActMaxPool.from_conv_bn_pool: conv: expected dilation 1, got {conv.dilation}")
+        module = super().from_conv_bn(conv, bn, activation, backend, copy_modules)
+        module.__class__ = cls
+        module._set_pool(pool.kernel_size, pool.stride if pool.stride is not None else pool.kernel_size,
+                         pool.padding)
+        return module
+
+    def extra_repr(self) -> str:
+        return (f"pool_kernel={self.pool_kernel}, pool_stride={self.pool_stride}, pool_padding={self.pool_padding}, "
+                + super().extra_repr())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .ops.conv3d_bn_act_maxpool import conv3d_bn_act_maxpool
+
+        pool = dict(pool_kernel=self.pool_kernel, pool_stride=self.pool_stride, pool_padding=self.pool_padding)
+        if self.training:
+            return torch.nn.functional.max_pool3d(self._eager(x, None, None, 0), self.pool_kernel, self.pool_stride,
+                                                  self.pool_padding)
+        c = self.conv
+        if torch.compiler.is_compiling():
+            w, b = fold_bn(c, self.norm)
+        else:
+            sig = self._state_signature()
+            if self._cache.get("signature") != sig:
+                self._cache = {"signature": sig}
+            if "folded" not in self._cache:
+                with torch.no_grad():
+                    self._cache["folded"] = fold_bn(c, self.norm)
+            w, b = self._cache["folded"]
+        return conv3d_bn_act_maxpool(x, w.to(x.device), b.to(x.device), c.stride, c.padding,
+                                     activation=self.activation, backend=self.backend, **pool)

@@ -4,7 +4,8 @@ and an optional store into a channel slice of a wider output buffer.
 Public entry points: fold_bn, conv3d_bn_act, conv3d_bn_act_ref (same signature, eager PyTorch).
 Backends: cpu = oneDNN's fused conv (native op, csrc/cpu/conv3d_bn_act.cpp); cuda = per layer shape the
 faster of cuDNN's fused conv (torch.cudnn_convolution_relu / _add_relu, registered below for the native
-op's CUDA key) and the Triton kernel, by measurement (slowfast_kernels.tuning); triton = the implicit-GEMM
+op's CUDA key) and the Triton kernel, by measurement (slowfast_kernels.tuning), except convs with
+C_in <= 4 (the stems), which take the small-C_in Triton kernel by shape rule; triton = the implicit-GEMM
 kernel (slowfast_kernels/triton/conv3d_bn_act.py); reference = eager conv3d + bias + residual + relu.
 """
 from __future__ import annotations
@@ -277,6 +278,26 @@ def _run_triton(x, weight, bias, stride, padding, dilation, residual, activation
     return out.narrow(1, out_channel_offset, weight.shape[0])
 
 
+def _small_cin_rule(c_in, dilation, has_residual) -> bool:
+    from .conv3d_bn_act_maxpool import small_cin_triton_rule
+
+    return small_cin_triton_rule(c_in, dilation, has_residual)
+
+
+def _run_small_cin(x, weight, bias, stride, padding, activation, out, out_channel_offset):
+    """The stems' Triton kernel (ops/conv3d_bn_act_maxpool.py), chosen by shape rule, not measured: cuDNN
+    runs the Fast stem at 5 TFLOP/s (28.7 ms at batch 32, H200)."""
+    from .conv3d_bn_act_maxpool import conv3d_small_cin_triton_into
+
+    if out is None:
+        y = torch.empty(output_shape(x.shape, weight.shape, stride, padding, (1, 1, 1)), dtype=x.dtype,
+                        device=x.device, memory_format=layout_of(x))
+        conv3d_small_cin_triton_into(x, weight, bias, list(stride), list(padding), activation, y, 0)
+        return y
+    conv3d_small_cin_triton_into(x, weight, bias, list(stride), list(padding), activation, out, out_channel_offset)
+    return out.narrow(1, out_channel_offset, weight.shape[0])
+
+
 def conv3d_bn_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -312,6 +333,8 @@ def conv3d_bn_act(
     if chosen == "triton":
         return _run_triton(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset)
     if chosen == "cuda":
+        if _small_cin_rule(x.shape[1], dilation, residual is not None) and _triton_ok(x.device):
+            return _run_small_cin(x, weight, bias, stride, padding, activation, out, out_channel_offset)
         return _cuda_tuned(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset)
     y = torch.ops.slowfast_kernels.conv3d_bn_act(x, weight, bias, stride, padding, dilation, residual, activation)
     return _store(y, out, out_channel_offset)
