@@ -238,3 +238,112 @@ def test_snippet_runs(tmp_path, monkeypatch):
         expected = scope["model"]([scope["slow"][None], scope["fast"][None]]).softmax(-1)
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
     assert sk.fuse  # the snippet's names are the package's
+
+
+# -- docs/DESIGN.md: the public API block names what exists, with these parameters -------------------------
+
+def _design_api_entries():
+    """(module name, entry text) for every API entry of DESIGN.md's first code block: lines at column 0
+    (with their indented continuation while parentheses are open), split at top-level `;`."""
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    block = _fenced_blocks(design[design.index("## Public API"):])[0][1]
+    entries, module, pending = [], None, ""
+    for line in block.splitlines():
+        if line.startswith("# slowfast_"):
+            module = line[2:].split(":")[0]
+            continue
+        if pending:
+            pending += " " + line.strip()
+        elif line[:1].isalpha():
+            pending = line
+        else:
+            continue
+        if pending.count("(") == pending.count(")"):
+            code = pending.split("  #")[0]
+            entries += [(module, part.strip()) for part in _split_top(code, ";") if part.strip()]
+            pending = ""
+    return entries
+
+
+def _split_top(text, sep):
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def _resolve(module, dotted):
+    import importlib
+
+    import slowfast_reference as R
+
+    if dotted.split(".")[0] == "model":  # a reference model instance
+        obj, rest = R.SlowFast, dotted.split(".")[1:]
+    else:
+        obj, rest = importlib.import_module(module), dotted.split(".")
+    for name in rest:
+        assert hasattr(obj, name), f"DESIGN.md names {module}: {dotted}, which does not exist"
+        obj = getattr(obj, name)
+    return obj
+
+
+def _design_params(call):
+    """[(name, default text or None, keyword-only)] of `name(a, b=1, *, c=2, ...)`; "..." ends the list."""
+    inner = call[call.index("(") + 1:]
+    depth, end = 1, 0
+    for end, ch in enumerate(inner):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth == 0:
+            break
+    items, kwonly, params = _split_top(inner[:end], ","), False, []
+    for item in (i.strip() for i in items if i.strip()):
+        if item == "...":
+            params.append(("...", None, kwonly))
+            break
+        if item == "*":
+            kwonly = True
+            continue
+        m = re.match(r"(\*{0,2}\w+)\s*(?:=\s*(.+))?", item)
+        params.append((m.group(1), m.group(2).strip() if m.group(2) else None, kwonly))
+    return params
+
+
+def test_design_api_entries_were_parsed():
+    names = [e.split("(")[0].split(" ")[0] for _, e in _design_api_entries()]
+    for expected in ("slowfast_r50_8x8", "build_model", "pack_pathways", "load_checkpoint", "temporal_indices",
+                     "lateral_fuse", "fold_bn", "conv3d_bn_act", "fuse", "io.read_video", "model.set_head_pool"):
+        assert expected in names, names
+
+
+@pytest.mark.parametrize("module,entry", _design_api_entries())
+def test_design_api_entry_matches_the_code(module, entry):
+    import torch
+
+    head = re.match(r"[\w.]+", entry).group(0)
+    obj = _resolve(module, head)
+    if head == "model" or "(" not in entry.split("->")[0]:
+        return  # the model's call convention, or a bare name (resolved above)
+    sig = inspect.signature(obj)
+    real = [p for p in sig.parameters.values() if p.name != "self"]
+    documented = _design_params(entry)
+    if not documented or documented[-1][0] != "...":
+        assert len(documented) == len(real), f"DESIGN.md: {entry}\n  code: {head}{sig}"
+    for (name, default, kwonly), p in zip(documented, real):
+        if name == "...":
+            break
+        where = f"DESIGN.md: {head}: parameter {name!r} (code: {head}{sig})"
+        if name.startswith("**"):
+            assert p.kind is p.VAR_KEYWORD, where
+            continue
+        assert p.name == name, where
+        assert (p.kind is p.KEYWORD_ONLY) == kwonly, where + ": keyword-only differs"
+        assert (default is None) == (p.default is p.empty), where + ": default given iff the code has one"
+        if default is not None:
+            assert eval(default, {"torch": torch}) == p.default, where + f": default {default} vs {p.default!r}"
