@@ -13,7 +13,7 @@ import slowfast_kernels as sk
 import slowfast_reference as R
 from slowfast_kernels import _ext
 from slowfast_kernels.backends import backend_unavailable_reason
-from slowfast_reference.models import SlowFast, SlowFastConfig
+from slowfast_reference.models import SlowFastConfig
 
 NATIVE = _ext.LOAD_ERROR is None
 BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not NATIVE, reason="extension not built")),
