@@ -291,3 +291,99 @@ def test_cuda_batch_64_clips_int64():
     assert got[1].numel() * 4 > 2 ** 31
     ref = sk.pack_pathways_ref(video[-2:], index[-2:], 4)
     torch.testing.assert_close(got[1][-2:], ref[1], atol=1e-5, rtol=0)
+
+
+# -- value_range: float frames holding 0-255 values, or any (lo, hi) ------------------------------------------
+
+def _float_case(case=CASES[1]):
+    video, index, kw, alpha = _inputs(case)
+    return video, index, kw, alpha
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.float16])
+def test_float_0_255_with_value_range_equals_uint8(backend, in_dtype):
+    video, index, kw, alpha = _float_case()
+    ref = sk.pack_pathways_ref(video, index, alpha, **kw)  # the uint8 clip
+    as_float = video.to(in_dtype)  # 0..255 is exact in float16 too
+    for fn in (sk.pack_pathways_ref, lambda *a, **k: sk.pack_pathways(*a, backend=backend, **k)):
+        got = fn(as_float, index, alpha, value_range=(0, 255), **kw)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_value_range_maps_lo_hi_to_0_1(backend):
+    video, index, kw, alpha = _float_case(CASES[2])
+    unit = video.float() / 255
+    ref = sk.pack_pathways_ref(unit, index, alpha, **kw)
+    got = sk.pack_pathways(unit * 2 - 1, index, alpha, value_range=(-1, 1), backend=backend, **kw)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
+    # (0, 1) given explicitly is the default
+    same = sk.pack_pathways(unit, index, alpha, value_range=(0.0, 1.0), backend=backend, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(same, sk.pack_pathways(unit, index, alpha, backend=backend, **kw)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_0_255_without_value_range_is_refused(backend):
+    video, index, kw, alpha = _float_case()
+    as_float = video.float()
+    match = r"video: float frames hold values in \[0, 25[0-9]\], outside value_range=\(0, 1\).*value_range=\(0, 255\)"
+    with pytest.raises(ValueError, match=match):
+        sk.pack_pathways(as_float, index, alpha, backend=backend, **kw)
+    with pytest.raises(ValueError, match=match):
+        sk.pack_pathways_ref(as_float, index, alpha, **kw)
+    # already-normalized frames (about -2 .. 2.4) are refused too, without the 0-255 hint
+    normalized = (video.float() / 255 - 0.45) / 0.225
+    with pytest.raises(ValueError, match=r"video: float frames hold values in \[-2, 2\.4[0-9]*\], outside") as err:
+        sk.pack_pathways(normalized, index, alpha, backend=backend, **kw)
+    assert "0, 255" not in str(err.value)
+
+
+def test_value_range_margin():
+    video = torch.full((4, 8, 8, 3), 0.5)
+    idx = torch.arange(4)
+    video[1, 2, 3, 0] = 1.49  # within half the range above 1: an unclamped colour conversion may overshoot
+    video[2, 0, 0, 1] = -0.49
+    sk.pack_pathways(video, idx, 2)
+    sk.pack_pathways_ref(video, idx, 2)
+    for bad in (1.51, -0.51):
+        video[3, 0, 0, 2] = bad
+        with pytest.raises(ValueError, match="outside value_range=\\(0, 1\\)"):
+            sk.pack_pathways(video, idx, 2)
+        with pytest.raises(ValueError, match="outside value_range=\\(0, 1\\)"):
+            sk.pack_pathways_ref(video, idx, 2)
+        video[3, 0, 0, 2] = 0.5
+    video[3] = 255.0  # within (0, 255)
+    sk.pack_pathways(video, idx, 2, value_range=(0, 255))
+
+
+def test_value_range_bad_arguments():
+    video = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    idx = torch.arange(4)
+    with pytest.raises(ValueError, match=r"value_range: uint8 frames are always 0-255"):
+        sk.pack_pathways(video, idx, 2, value_range=(0, 1))
+    with pytest.raises(ValueError, match=r"value_range: uint8 frames are always 0-255"):
+        sk.pack_pathways_ref(video, idx, 2, value_range=(0, 1))
+    sk.pack_pathways(video, idx, 2, value_range=(0, 255))  # the uint8 range, stated: accepted
+    for bad in ((1, 0), (0, 0), (0,), (0, 1, 2), (0, float("inf")), ("a", "b"), 255, (True, 2)):
+        with pytest.raises(ValueError, match=r"value_range: expected \(lo, hi\)"):
+            sk.pack_pathways(video.float() / 255, idx, 2, value_range=bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("in_dtype", [torch.uint8, torch.float32])
+def test_checks_read_back_from_the_device_once_per_call(backend, in_dtype, monkeypatch):
+    """The index bounds and the value range cost one host readback together (one sync on a GPU)."""
+    video, index, kw, alpha = _inputs(CASES[1], in_dtype)
+    readbacks = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, _name=name, **k):
+            readbacks.append(_name)
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    sk.pack_pathways(video, index, alpha, backend=backend, **kw)
+    assert len(readbacks) == 1, readbacks

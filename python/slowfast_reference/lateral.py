@@ -10,23 +10,28 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ._args import as_int
+
 LATERAL_MODES = ("time_strided_conv", "time_to_channel", "time_strided_sampling")
 FUSIONS = ("concat", "sum")
 
 
 def time_to_channel(fast: torch.Tensor, alpha: int) -> torch.Tensor:
     """out[n, c*alpha + a, t] = fast[n, c, t*alpha + a]: [N, Cf, T, H, W] -> [N, Cf*alpha, T/alpha, H, W]."""
+    alpha = as_int(alpha, "alpha", 1, "time_to_channel: ")
     n, c, t, h, w = fast.shape
     return fast.reshape(n, c, t // alpha, alpha, h, w).transpose(2, 3).reshape(n, c * alpha, t // alpha, h, w)
 
 
 def time_strided_sampling(fast: torch.Tensor, alpha: int) -> torch.Tensor:
     """out[n, c, t] = fast[n, c, t*alpha]: [N, Cf, T, H, W] -> [N, Cf, T/alpha, H, W]."""
-    return fast[:, :, ::alpha]
+    return fast[:, :, ::as_int(alpha, "alpha", 1, "time_strided_sampling: ")]
 
 
 def lateral_channels(mode: str, fast_channels: int, alpha: int, fusion_channel_ratio: int = 2) -> int:
     """Channels the lateral connection adds to (or sums into) the Slow pathway."""
+    fast_channels, alpha = int(fast_channels), int(alpha)
+    fusion_channel_ratio = int(fusion_channel_ratio)
     if mode == "time_strided_conv":
         return fast_channels * fusion_channel_ratio
     if mode == "time_to_channel":
@@ -56,6 +61,10 @@ class FuseFastToSlow(nn.Module):
         momentum: float = 0.1,
     ) -> None:
         super().__init__()
+        where = "FuseFastToSlow: "
+        fast_channels, alpha = as_int(fast_channels, "fast_channels", 1, where), as_int(alpha, "alpha", 1, where)
+        kernel_size = as_int(kernel_size, "kernel_size", 1, where)
+        fusion_channel_ratio = as_int(fusion_channel_ratio, "fusion_channel_ratio", 1, where)
         if mode not in LATERAL_MODES:
             raise ValueError(f"lateral must be one of {LATERAL_MODES}, got {mode!r}")
         if fusion not in FUSIONS:

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ._args import as_int
 from .lateral import FUSIONS, LATERAL_MODES, FuseFastToSlow, lateral_channels
 
 BN_EPS = 1e-5
@@ -36,6 +37,24 @@ class SlowFastConfig:
     num_block_temp_kernel: Optional[Tuple[int, int, int, int]] = None
     slow_only: bool = False
     train_crop: int = 224               # DATA.TRAIN_CROP_SIZE: fixes the head's pooling window (crop / 32)
+
+    def __post_init__(self) -> None:
+        # Python ints whatever came in (numpy integers from a YAML/NumPy config, as PyTorch accepts them).
+        where = "SlowFastConfig: "
+        for name in ("alpha", "beta_inv", "num_frames", "fusion_kernel", "fusion_channel_ratio", "train_crop"):
+            object.__setattr__(self, name, as_int(getattr(self, name), name, 1, where))
+        depth = as_int(self.depth, "depth", 1, where)
+        if depth not in STAGE_DEPTHS:
+            raise ValueError(f"{where}depth: expected one of {sorted(STAGE_DEPTHS)}, got {depth}")
+        object.__setattr__(self, "depth", depth)
+        if self.num_block_temp_kernel is not None:
+            n = self.num_block_temp_kernel
+            if not isinstance(n, (tuple, list)) or len(n) != 4:
+                raise ValueError(f"{where}num_block_temp_kernel: expected None or 4 ints (res2..res5), got {n!r}")
+            object.__setattr__(self, "num_block_temp_kernel",
+                               tuple(as_int(v, "num_block_temp_kernel", 0, where) for v in n))
+        if not isinstance(self.slow_only, bool):
+            raise ValueError(f"{where}slow_only: expected a bool, got {self.slow_only!r}")
 
     @property
     def stage_depths(self) -> Tuple[int, ...]:
@@ -258,6 +277,7 @@ class SlowFast(nn.Module):
         head_pool: str = "fixed",
     ) -> None:
         super().__init__()
+        num_classes = as_int(num_classes, "num_classes", 1)
         if head_pool not in HEAD_POOLS:
             raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
         if config.train_crop < 32 or config.train_crop % 32:
@@ -386,7 +406,7 @@ def _factory(name: str):
         train_crop: int = 224,
         head_pool: str = "fixed",
     ) -> SlowFast:
-        config = dataclasses.replace(CONFIGS[name], train_crop=train_crop)
+        config = dataclasses.replace(CONFIGS[name], train_crop=as_int(train_crop, "train_crop", 1))
         return SlowFast(config, num_classes, lateral, fusion, head_act, lateral_norm, head_pool=head_pool)
 
     build.__name__ = build.__qualname__ = name

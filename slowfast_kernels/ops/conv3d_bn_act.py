@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
+
+from slowfast_reference._args import is_int
 
 from .. import _ext, tuning
 from ..backends import choose_backend
@@ -23,16 +26,16 @@ IntOr3 = Union[int, Sequence[int]]
 
 
 def _triple(v: IntOr3, name: str, min_value: int) -> Tuple[int, int, int]:
-    def is_int(e):
-        return isinstance(e, int) and not isinstance(e, bool)
-
-    t = (v, v, v) if is_int(v) else tuple(v) if isinstance(v, (tuple, list, torch.Size)) else ()
+    """An int or 3 ints as 3 Python ints: numpy integers (PyTorchVideo's np.int64 strides) count as ints,
+    as they do for torch.nn.functional.conv3d; bool does not."""
+    seq = isinstance(v, (tuple, list, torch.Size)) or (isinstance(v, np.ndarray) and v.ndim == 1)
+    t = (v, v, v) if is_int(v) else tuple(v) if seq else ()
     if len(t) != 3 or not all(is_int(e) and e >= min_value for e in t):
         got = f"a {type(v).__name__}" if isinstance(v, torch.Tensor) else repr(v)
         hint = " (residual, activation, out, out_channel_offset and backend are keyword-only)" \
             if isinstance(v, torch.Tensor) else ""
         raise ValueError(f"conv3d_bn_act: {name}: expected an int or 3 ints >= {min_value}, got {got}{hint}")
-    return t  # type: ignore[return-value]
+    return tuple(int(e) for e in t)  # type: ignore[return-value]
 
 
 def layout_of(t: torch.Tensor) -> torch.memory_format:

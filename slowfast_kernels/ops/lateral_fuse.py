@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from slowfast_reference._args import is_int
 from slowfast_reference.lateral import FUSIONS, LATERAL_MODES, lateral_channels, time_strided_sampling, time_to_channel
 
 from .. import _ext
@@ -91,7 +92,7 @@ def _check_inputs(slow, fast, mode, alpha, weight, bias, fusion, activation) -> 
         raise ValueError(f"lateral_fuse: fusion must be one of {FUSIONS}, got {fusion!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"lateral_fuse: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1:
+    if not is_int(alpha) or alpha < 1:
         raise ValueError(f"lateral_fuse: alpha: expected a positive int, got {alpha!r}")
     if slow.device != fast.device:
         raise ValueError(f"lateral_fuse: slow is on {slow.device}, fast on {fast.device}: expected one device")
@@ -269,6 +270,7 @@ def lateral_fuse(
     backend: auto | cpu | cuda | triton | reference (see slowfast_kernels.backends).
     """
     _check_inputs(slow, fast, mode, alpha, weight, bias, fusion, activation)
+    alpha = int(alpha)  # numpy integers pass the check; the op schemas take a Python int
     if out is not None:
         _check_out(out, slow, fast, mode, alpha, weight, bias, fusion)
 

@@ -13,7 +13,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from slowfast_reference.pack import slow_frame_indices
+from slowfast_reference._args import is_int
+from slowfast_reference.pack import (check_value_range, parse_value_range, scale_to_unit, slow_frame_indices,
+                                     value_range_error)
 
 from .. import _ext  # noqa: F401  (loads the native op schemas when the extension is built)
 from ..backends import choose_backend
@@ -24,6 +26,7 @@ INPUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 Floats3 = Union[float, Sequence[float]]
+Range = Optional[Sequence[float]]
 
 
 def temporal_indices(num_video_frames: int, num_frames: int, sampling_rate: int, clip_idx: int = 0,
@@ -40,9 +43,9 @@ def temporal_indices(num_video_frames: int, num_frames: int, sampling_rate: int,
     """
     for name, value in (("num_video_frames", num_video_frames), ("num_frames", num_frames),
                         ("sampling_rate", sampling_rate), ("num_clips", num_clips)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"temporal_indices: {name}: expected a positive int, got {value!r}")
-    if not isinstance(clip_idx, numbers.Integral) or isinstance(clip_idx, bool) or not -1 <= clip_idx < num_clips:
+    if not is_int(clip_idx) or not -1 <= clip_idx < num_clips:
         raise ValueError(f"temporal_indices: clip_idx: expected -1 (random) or an int in [0, {num_clips}), "
                          f"got {clip_idx!r}")
     for name, value in (("fps", fps), ("target_fps", target_fps)):
@@ -128,10 +131,22 @@ def pack_pathways_ref(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     out: Optional[Sequence[torch.Tensor]] = None,
+    value_range: Range = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eager PyTorch in PySlowFast's order: index_select, to(dtype) (/255 for uint8), normalize, permute,
-    interpolate, crop, then the slow frames picked from the fast ones. Arithmetic runs in `dtype`
-    (float64 makes it the oracle). Same arguments and result as pack_pathways."""
+    """Eager PyTorch in PySlowFast's order: index_select, to(dtype) (/255 for uint8; float frames mapped
+    from value_range to [0, 1]), normalize, permute, interpolate, crop, then the slow frames picked from the
+    fast ones. Arithmetic runs in `dtype` (float64 makes it the oracle). Same arguments and result as
+    pack_pathways, float frames outside value_range refused alike."""
+    value_range = parse_value_range(value_range, video.dtype)
+    check_value_range(video, value_range, "video")
+    return _pack_ref(video, fast_index, alpha, size=size, crop=crop, spatial_idx=spatial_idx, mean=mean, std=std,
+                     dtype=dtype, channels_last=channels_last, out=out, value_range=value_range)
+
+
+def _pack_ref(video, fast_index, alpha, *, size, crop, spatial_idx, mean, std, dtype, channels_last, out,
+              value_range):
+    alpha, spatial_idx = int(alpha), int(spatial_idx)
+    size, crop = (None if v is None else int(v) for v in (size, crop))
     batched = video.dim() == 5
     v = video if batched else video.unsqueeze(0)
     idx = torch.as_tensor(fast_index, dtype=torch.long, device=video.device)
@@ -141,6 +156,8 @@ def pack_pathways_ref(
     frames = frames.to(dtype)
     if is_uint8:
         frames = frames / 255.0
+    else:
+        frames = scale_to_unit(frames, value_range)
     frames = (frames - torch.tensor(_floats3(mean, "mean"), dtype=dtype, device=frames.device)) / torch.tensor(
         _floats3(std, "std"), dtype=dtype, device=frames.device)
     frames = frames.permute(0, 4, 1, 2, 3)  # [N, 3, T, H, W]
@@ -162,7 +179,9 @@ def pack_pathways_ref(
     return slow, fast
 
 
-def _check_inputs(video, fast_index, alpha, size, crop, spatial_idx, dtype, out) -> torch.Tensor:
+def _check_inputs(video, fast_index, alpha, size, crop, spatial_idx, dtype, out, value_range):
+    """Validate; returns (index as int64 on the video's device, alpha, size, crop, spatial_idx as Python ints,
+    (lo, hi)). The index bounds and a float video's value range cost one device sync together."""
     if not isinstance(video, torch.Tensor) or video.dim() not in (4, 5) or video.shape[-1] != 3:
         got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
         raise ValueError(f"pack_pathways: video: expected a [V, H, W, 3] or [N, V, H, W, 3] tensor, got {got}")
@@ -170,6 +189,7 @@ def _check_inputs(video, fast_index, alpha, size, crop, spatial_idx, dtype, out)
         raise ValueError(f"pack_pathways: video: expected dtype in {INPUT_DTYPES}, got {video.dtype}")
     if video.numel() == 0:
         raise ValueError(f"pack_pathways: video: expected a non-empty tensor, got shape {tuple(video.shape)}")
+    vrange = parse_value_range(value_range, video.dtype)
     num_v = video.shape[-4]
     idx = fast_index if isinstance(fast_index, torch.Tensor) else torch.tensor(fast_index)
     if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or idx.dim() not in (1, 2) or \
@@ -180,24 +200,35 @@ def _check_inputs(video, fast_index, alpha, size, crop, spatial_idx, dtype, out)
         raise ValueError(f"pack_pathways: fast_index: a [N, T] index needs a [N, V, H, W, 3] video with the same N, "
                          f"got index {tuple(idx.shape)} and video {tuple(video.shape)}")
     idx = idx.to(device=video.device, dtype=torch.long)
-    if not torch.compiler.is_compiling():
-        lo, hi = idx.min().item(), idx.max().item()
-        if lo < 0 or hi >= num_v:
-            raise ValueError(f"pack_pathways: fast_index: values must lie in [0, {num_v}) (the video's frames), "
-                             f"got min {lo}, max {hi}")
-    if not isinstance(alpha, numbers.Integral) or isinstance(alpha, bool) or alpha < 1 or idx.shape[-1] // alpha < 1:
+    if not is_int(alpha) or alpha < 1 or idx.shape[-1] // alpha < 1:
         raise ValueError(f"pack_pathways: alpha: expected an int in [1, T={idx.shape[-1]}], got {alpha!r}")
     for name, value in (("size", size), ("crop", crop)):
-        if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
+        if value is not None and (not is_int(value) or value < 1):
             raise ValueError(f"pack_pathways: {name}: expected None or a positive int, got {value!r}")
-    if spatial_idx not in (0, 1, 2):
+    if not is_int(spatial_idx) or spatial_idx not in (0, 1, 2):
         raise ValueError(f"pack_pathways: spatial_idx: expected 0, 1 or 2, got {spatial_idx!r}")
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"pack_pathways: dtype: expected one of {OUTPUT_DTYPES}, got {dtype}")
     if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 2 or
                             not all(isinstance(o, torch.Tensor) for o in out)):
         raise ValueError("pack_pathways: out: expected a (slow, fast) pair of tensors")
-    return idx
+    if not torch.compiler.is_compiling():
+        # One sync for both checks: the kernels read frames at these indices unchecked, and float frames in
+        # 0-255 read as 0-1 would be normalized to values near 1000.
+        stats = [idx.min(), idx.max()]
+        if video.dtype != torch.uint8:
+            stats += list(torch.aminmax(video))
+        stats = torch.stack([t.double() for t in stats]).tolist()
+        lo, hi = int(stats[0]), int(stats[1])
+        if lo < 0 or hi >= num_v:
+            raise ValueError(f"pack_pathways: fast_index: values must lie in [0, {num_v}) (the video's frames), "
+                             f"got min {lo}, max {hi}")
+        if len(stats) == 4:
+            message = value_range_error(stats[2], stats[3], vrange, "video")
+            if message:
+                raise ValueError(message)
+    size, crop = (None if v is None else int(v) for v in (size, crop))
+    return idx, int(alpha), size, crop, int(spatial_idx), vrange
 
 
 def _check_out(out, slow_shape, fast_shape, dtype, device) -> None:
@@ -227,18 +258,26 @@ def pack_pathways(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     out: Optional[Sequence[torch.Tensor]] = None,
+    value_range: Range = None,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample, resize, crop, normalize and lay out both pathways of a clip in one pass over the pixels.
 
-    video: [V, H, W, 3] or [N, V, H, W, 3], uint8 (divided by 255) or float in [0, 1].
+    video: [V, H, W, 3] or [N, V, H, W, 3], uint8 (divided by 255) or float (float32, float16, bfloat16).
+    value_range: (lo, hi), the float pixel values that map to 0 and 1 before mean/std normalization:
+    None = (0, 1) for float video (pass (0, 255) for float frames holding 0-255 values); uint8 is always
+    0-255. A float video with values more than half the range outside it is refused (a ValueError naming
+    video): 0-255 frames read as 0-1 would otherwise be normalized to values near 1000. The check reads the
+    float video once; it and the fast_index bounds check share one device sync per call (skipped while
+    torch.compile traces).
     fast_index: [T] (shared) or [N, T] frame indices, e.g. temporal_indices(...).
     Returns (slow [N, 3, T // alpha, S, S], fast [N, 3, T, S, S]) (no N for a 4-d video) in `dtype`,
     S = crop (or the resized frame when crop is None); slow frames = fast frames at
     linspace(0, T - 1, T // alpha).long(). channels_last gives channels_last_3d memory. out: a
     preallocated (slow, fast) pair of any strides, written in place and returned.
     """
-    idx = _check_inputs(video, fast_index, alpha, size, crop, spatial_idx, dtype, out)
+    idx, alpha, size, crop, spatial_idx, vrange = _check_inputs(video, fast_index, alpha, size, crop, spatial_idx,
+                                                                dtype, out, value_range)
     mean3, std3 = _floats3(mean, "mean"), _floats3(std, "std")
     if any(s == 0 for s in std3):
         raise ValueError(f"pack_pathways: std: expected non-zero values, got {std3}")
@@ -251,8 +290,13 @@ def pack_pathways(
 
     chosen = _choose_backend(backend, video.device)
     if chosen == "reference":
-        return pack_pathways_ref(video, idx, alpha, size=size, crop=crop, spatial_idx=spatial_idx, mean=mean3,
-                                 std=std3, dtype=dtype, channels_last=channels_last, out=out)
+        return _pack_ref(video, idx, alpha, size=size, crop=crop, spatial_idx=spatial_idx, mean=mean3, std=std3,
+                         dtype=dtype, channels_last=channels_last, out=out, value_range=vrange)
+    if video.dtype != torch.uint8 and vrange != (0.0, 1.0):
+        # The kernels compute (x - mean) / std on float frames: ((x - lo) / (hi - lo) - m) / s folded in.
+        lo, width = vrange[0], vrange[1] - vrange[0]
+        mean3 = tuple(lo + m * width for m in mean3)
+        std3 = tuple(sd * width for sd in std3)
     v5 = video if video.dim() == 5 else video.unsqueeze(0)
     fast_idx = _per_sample_index(idx, v5.shape[0]).contiguous()
     slow_idx = fast_idx[:, slow_frame_indices(t, alpha, idx.device)].contiguous()
