@@ -65,7 +65,6 @@ def test_runner_residual_and_in_place(scratch, bias):
 def test_every_output_written():
     """Each output frame comes from exactly one tile, also in a partial last tile: NaN poison never leaks."""
     x, weight, b, _ = _case(1, 8, 6, 2, 3, 5)
-    runner = WinogradTimeConv(weight, b, *GEOMETRY, "none", x.contiguous(memory_format=CL))
     out = torch.full((1, 5, 6, 2, 3), float("nan")).contiguous(memory_format=CL)
     m = [torch.mm(v, u) for v, u in zip(torch.ops.slowfast_kernels.winograd_time_input(x),
                                         torch.ops.slowfast_kernels.conv3d_winograd_time_weight(weight))]

@@ -3,7 +3,6 @@ eager reference on odd shapes, 3D and through the 2D views of NDHWC memory, with
 import pytest
 import torch
 
-import slowfast_kernels as sk
 from slowfast_kernels import _ext
 from slowfast_kernels.plan import make_runner, view2d_kind
 

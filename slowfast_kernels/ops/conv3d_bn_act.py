@@ -2,10 +2,9 @@
 and an optional store into a channel slice of a wider output buffer.
 
 Public entry points: fold_bn, conv3d_bn_act, conv3d_bn_act_ref (same signature, eager PyTorch).
-Backends: cpu = oneDNN's fused conv (native op, csrc/cpu/conv3d_bn_act.cpp); cuda = per layer shape the
-faster of cuDNN's fused conv (torch.cudnn_convolution_relu / _add_relu, registered below for the native
-op's CUDA key) and the Triton kernel, by measurement (slowfast_kernels.tuning), except convs with
-C_in <= 4 (the stems), which take the small-C_in Triton kernel by shape rule; triton = the implicit-GEMM
+Backends: cpu = oneDNN's fused conv (native op, csrc/cpu/conv3d_bn_act.cpp); cuda = cuDNN's fused conv
+(torch.cudnn_convolution_relu / _add_relu, registered below for the native op's CUDA key), except convs
+with C_in <= 4 (the stems), which take the small-C_in Triton kernel by shape rule; triton = the implicit-GEMM
 kernel (slowfast_kernels/triton/conv3d_bn_act.py); reference = eager conv3d + bias + residual + relu.
 """
 from __future__ import annotations
@@ -18,7 +17,7 @@ from torch import nn
 
 from slowfast_reference._args import is_int
 
-from .. import _ext, tuning
+from .. import _ext
 from ..backends import choose_backend
 
 ACTIVATIONS = ("relu", "none")
@@ -248,23 +247,12 @@ def resolve_backend(backend: str, device: str, dtype: torch.dtype) -> str:
     return choose_backend("conv3d_bn_act", backend, device_, {"cpu": _cpu_support(probe)}, priority=priority)
 
 
-def _cuda_tuned(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset):
-    """cuDNN or Triton, whichever measured faster on this layer shape (cached by tuning)."""
-    candidates = {"cudnn": lambda: torch.ops.slowfast_kernels.conv3d_bn_act(
-        x, weight, bias, stride, padding, dilation, residual, activation)}
-    if _triton_ok(x.device):
-        candidates["triton"] = lambda: conv3d_bn_act_triton(x, weight, bias, stride, padding, dilation, residual,
-                                                            activation)
-    key = tuning.make_key("conv3d_bn_act", x.device, x.dtype, (
-        tuple(x.shape), layout_of(x) == torch.channels_last_3d, tuple(weight.shape), stride, padding, dilation,
-        residual is not None, activation))
-    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
-        pick = tuning.lookup(key) or "cudnn"  # no timing inside a trace or a graph capture
-    else:
-        pick = tuning.choose(key, candidates, x.device)
-    if pick == "triton":
-        return _run_triton(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset)
-    return _store(candidates["cudnn"](), out, out_channel_offset)
+def _cuda(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset):
+    """cuDNN's fused conv. The general Triton conv is not on the automatic path: measured on an H200 it won
+    1 of the 48 SlowFast R50 layer shapes, after autotuning that cost over 150 s per input shape at the
+    first forward (backend="triton" still runs it; the stems' small-C_in kernel is chosen by shape rule)."""
+    y = torch.ops.slowfast_kernels.conv3d_bn_act(x, weight, bias, stride, padding, dilation, residual, activation)
+    return _store(y, out, out_channel_offset)
 
 
 def _triton_ok(device: torch.device) -> bool:
@@ -338,6 +326,6 @@ def conv3d_bn_act(
     if chosen == "cuda":
         if _small_cin_rule(x.shape[1], dilation, residual is not None) and _triton_ok(x.device):
             return _run_small_cin(x, weight, bias, stride, padding, activation, out, out_channel_offset)
-        return _cuda_tuned(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset)
+        return _cuda(x, weight, bias, stride, padding, dilation, residual, activation, out, out_channel_offset)
     y = torch.ops.slowfast_kernels.conv3d_bn_act(x, weight, bias, stride, padding, dilation, residual, activation)
     return _store(y, out, out_channel_offset)
