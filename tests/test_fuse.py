@@ -1,5 +1,6 @@
 """fuse(): the fused inference model against the reference, every config and lateral mode."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -142,12 +143,19 @@ def test_fuse_cuda_graph_argument():
                     reason="triton cannot run on CPU tensors here")
 @pytest.mark.parametrize("arch,lateral,fusion", [("slowfast_r50_8x8", "time_strided_conv", "concat"),
                                                  ("slowfast_r50_4x16", "time_to_channel", "sum")])
-def test_fused_triton_backend_in_the_interpreter(arch, lateral, fusion):
-    """Every conv and lateral of the fused model through the Triton kernels (the interpreter on CPU)."""
+def test_fused_triton_backend_in_the_interpreter(arch, lateral, fusion, monkeypatch):
+    """Every conv and lateral of the fused model through the Triton kernels (the interpreter on CPU), the
+    stems as conv3d_bn_act_maxpool calls (the small-C_in kernels, as on CUDA)."""
+    fuse_module = sys.modules["slowfast_kernels.fuse"]  # the package's `fuse` attribute is the function
+    stems = []
+    real = fuse_module.conv3d_bn_act_maxpool
+    monkeypatch.setattr(fuse_module, "conv3d_bn_act_maxpool",
+                        lambda x, *a, **k: stems.append(tuple(x.shape)) or real(x, *a, **k))
     model = randomize(R.build_model(arch, num_classes=4, lateral=lateral, fusion=fusion)).eval()
     x = _inputs(model, size=32, frames=model.config.alpha * 2)
     with torch.no_grad():
         assert _rel_err(sk.fuse(model, backend="triton")(x), model(x)) < 1e-4
+    assert sorted(stems) == sorted(tuple(t.shape) for t in x)  # both stems, once each
 
 
 def test_fused_reference_backend_matches():
