@@ -17,7 +17,7 @@ from torch import nn
 from .ops.conv3d_bn_act import (
     ACTIVATIONS, _store, conv3d_bn_act, fold_bn, layout_of, output_shape, resolve_backend,
 )
-from .plan import OneDNNConv
+from .plan import Runner, make_runner
 
 # oneDNN runners (packed weights) are kept per input shape (the packing is tuned to it); a model sees one or two.
 _MAX_PACKED_SHAPES = 8
@@ -140,15 +140,16 @@ class Conv3dBNAct(nn.Module):
             self._cache[key] = hit
         return hit  # type: ignore[return-value]
 
-    def _onednn_runner(self, w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> OneDNNConv:
-        """oneDNN's fused conv with the weight packed for this input shape (as inductor's freezing packs it)."""
-        key = ("onednn", tuple(x.shape), x.dtype, layout_of(x))
+    def _cpu_runner(self, w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> Runner:
+        """The fused model's CPU runner for this input shape (slowfast_kernels.plan.make_runner: oneDNN's fused
+        conv with a packed weight, its 2D views, or our small-C_in / temporal Winograd kernels)."""
+        key = ("runner", tuple(x.shape), x.dtype, layout_of(x))
         hit = self._cache.get(key)
         if hit is None:
-            if sum(1 for k in self._cache if k[0] == "onednn") >= _MAX_PACKED_SHAPES:
-                self._cache = {k: v for k, v in self._cache.items() if k[0] != "onednn"}
+            if sum(1 for k in self._cache if k[0] == "runner") >= _MAX_PACKED_SHAPES:
+                self._cache = {k: v for k, v in self._cache.items() if k[0] != "runner"}
             c = self.conv
-            hit = OneDNNConv(w, b, c.stride, c.padding, c.dilation, self.activation, x)
+            hit = make_runner(w, b, c.stride, c.padding, c.dilation, self.activation, x, "cpu")
             self._cache[key] = hit
         return hit  # type: ignore[return-value]
 
@@ -176,7 +177,7 @@ class Conv3dBNAct(nn.Module):
         shape = output_shape(x.shape, w.shape, c.stride, c.padding, c.dilation)
         if residual is not None and tuple(residual.shape) != shape:
             raise ValueError(f"Conv3dBNAct: residual: expected shape {shape}, got {tuple(residual.shape)}")
-        y = self._onednn_runner(w, b, x)(x, residual, residual_is_scratch)
+        y = self._cpu_runner(w, b, x)(x, residual, residual_is_scratch)
         return _store(y.contiguous(memory_format=fmt), out, out_channel_offset)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
