@@ -6,8 +6,8 @@ Why a kernel of its own: the general implicit GEMM (triton/conv3d_bn_act.py) dec
 (kd, kh, kw, c) with divisions on a [BLOCK_M, BLOCK_K] tile. With C_in = 3 the GEMM is all K: the Fast
 stem (3 -> 8, 5x7x7) is M = 12.8 M rows (batch 32, 224), K = 735, N = 8. Here K is walked as KD x KH steps
 of one (kw, c) row of BLOCK_K = next_pow2(KW * C_in) (21 -> 32 for both stems): the (kw, c) decode and
-the W-bounds mask are computed once per program, each step adds one scalar offset and a [BLOCK_M] row
-mask. Expected limit on paper: the gather, not the MMA. The Fast stem's 151 GFLOP padded to N = 16 and
+each row's valid kw range are computed once per program, each step adds one scalar offset and masks by
+two compares per element. Expected limit on paper: the gather, not the MMA. The Fast stem's 151 GFLOP padded to N = 16 and
 K = 1120 is ~460 GFLOP of bf16 MMA (~0.6 ms at 750 TFLOP/s), while its A operand is 12.8 M x 1120 element
 loads with no provable alignment (so no vector loads), ~2 ms at ~7e12 lane loads/s; still 14x under
 cuDNN's 28.7 ms. (Padding C_in 3 -> 4 in a copy of the input would make each tap 8 aligned bytes: the next
@@ -65,23 +65,26 @@ if triton is not None:
     ):
         """act(conv + bias) for BLOCK_M output positions given by their batch index n (int64) and the input
         coordinate (id0, ih0, iw0) of tap (0, 0, 0), output channels n0 .. n0 + BLOCK_N. fp32 [BLOCK_M, BLOCK_N]."""
+        # Only [BLOCK_M] and [BLOCK_K] vectors live across the loop: a hoisted [BLOCK_M, BLOCK_K] pointer
+        # tile would hold 2 registers per element (128 a thread in the 512-row pool block).
         j = tl.arange(0, BLOCK_K)
         kw = j // C_IN
-        c = j % C_IN
-        mask_j = j < KW * C_IN
-        wi = iw0[:, None] + kw[None, :]
-        mask_row = mask_m[:, None] & mask_j[None, :] & (wi >= 0) & (wi < W)
-        a_ptrs = x_ptr + ((n * sxn + id0.to(tl.int64) * sxd + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw)[:, None]
-                          + (kw.to(tl.int64) * sxw + c.to(tl.int64) * sxc)[None, :])
+        col = kw.to(tl.int64) * sxw + (j % C_IN).to(tl.int64) * sxc
+        row = n * sxn + id0.to(tl.int64) * sxd + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+        # Tap kw of a row reads column iw0 + kw: in bounds for kw in [-iw0, W - iw0), real for kw < KW.
+        kw_lo = -iw0
+        kw_hi = tl.minimum(W - iw0, KW)
         w_ptrs = w_ptr + j[:, None] * N_PAD + (n0 + tl.arange(0, BLOCK_N))[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kd in range(KD):
             di = id0 + kd
-            ok_d = (di >= 0) & (di < D)
+            ok_d = mask_m & (di >= 0) & (di < D)
             for kh in range(KH):
                 hi = ih0 + kh
                 ok = ok_d & (hi >= 0) & (hi < H)
-                a = tl.load(a_ptrs + (kd * sxd + kh * sxh), mask=mask_row & ok[:, None], other=0.0)
+                lo = tl.where(ok, kw_lo, KW)  # a row out of bounds in D or H takes no tap
+                mask = (kw[None, :] >= lo[:, None]) & (kw[None, :] < kw_hi[:, None])
+                a = tl.load(x_ptr + (row + (kd * sxd + kh * sxh))[:, None] + col[None, :], mask=mask, other=0.0)
                 b = tl.load(w_ptrs + (kd * KH + kh) * (BLOCK_K * N_PAD))
                 if UPCAST_DOT:
                     a = a.to(tl.float32)
