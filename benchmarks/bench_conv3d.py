@@ -2,8 +2,10 @@
 
 Baseline: eager conv3d + BatchNorm3d (eval) + ReLU in fp32 NCDHW (the reference model's layers), timed in
 the same run. Impls:
-- CPU: `fused` = Conv3dBNAct in eval on channels_last_3d input (what the fused model runs: oneDNN fused
-  conv, packed weight), `fused_ncdhw` = conv3d_bn_act(backend="cpu") on the NCDHW input.
+- CPU: `fused` = Conv3dBNAct in eval on channels_last_3d input (what the fused model runs: the plan's
+  runner, i.e. oneDNN's fused conv with a packed weight, its 2D views, or our small-C_in / temporal
+  Winograd kernels), `onednn` = oneDNN's fused conv with a packed weight alone (plan.OneDNNConv),
+  `fused_ncdhw` = conv3d_bn_act(backend="cpu") on the NCDHW input.
 - GPU (bf16 channels_last_3d): `eager_bf16`, `cudnn` (cuDNN fused conv), `triton`, `fused` (per-shape choice).
 - `compiled` (SLOWFAST_BENCH_COMPILE=1): torch.compile(mode="max-autotune") with inductor freezing.
 The last test prints the sums over the model's layers (each layer weighted by how often the model runs it).
@@ -85,7 +87,7 @@ def build(key):
     return conv, bn, x
 
 
-CPU_IMPLS = ["eager", "fused", "fused_ncdhw"] + (["compiled"] if COMPILE else [])
+CPU_IMPLS = ["eager", "onednn", "fused", "fused_ncdhw"] + (["compiled"] if COMPILE else [])
 GPU_IMPLS = ["eager", "eager_bf16", "cudnn", "triton", "fused"] + (["compiled"] if COMPILE else [])
 
 
@@ -118,6 +120,13 @@ def make_fn(impl, key):
         m = sk.Conv3dBNAct.from_conv_bn(conv, bn, activation="relu").eval()
         xc = x.contiguous(memory_format=CL)
         return lambda: m(xc)
+    if impl == "onednn":
+        from slowfast_kernels.plan import OneDNNConv
+
+        w, b = sk.fold_bn(conv, bn)
+        xc = x.contiguous(memory_format=CL)
+        run = OneDNNConv(w, b, conv.stride, conv.padding, conv.dilation, "relu", xc)
+        return lambda: run(xc)
     if impl == "fused_ncdhw":
         w, b = sk.fold_bn(conv, bn)
         return lambda: sk.conv3d_bn_act(x, w, b, conv.stride, conv.padding, backend="cpu")
