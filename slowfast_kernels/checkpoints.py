@@ -35,8 +35,8 @@ FORMATS = ("pytorchvideo", "pyslowfast", "pyslowfast-caffe2", "mmaction2")
 _FORMAT_CHOICES = ("auto",) + FORMATS
 
 __all__ = [
-    "FORMATS", "CheckpointError", "caffe2_to_pyslowfast", "detect_format", "export_state_dict", "load_checkpoint",
-    "read_checkpoint_file",
+    "FORMATS", "ArchInfo", "CheckpointError", "caffe2_to_pyslowfast", "detect_arch", "detect_format",
+    "export_state_dict", "load_checkpoint", "read_checkpoint_file", "read_state_dict", "to_reference_model",
 ]
 
 
@@ -76,10 +76,33 @@ class _ArrayUnpickler(pickle.Unpickler):
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a pre-zip torch.save file
 
 
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[-1]}" if text else type(e).__name__
+
+
+def _truncated(path: str, fmt: str, e: BaseException) -> "CheckpointError":
+    return CheckpointError(f"truncated or corrupt checkpoint file {path} ({fmt}): {_last_line(e)}")
+
+
+# What torch.load / pickle raise when a file ends early: the zip reader's, the legacy reader's, pickle's own.
+_TRUNCATION_SIGNS = ("truncated", "persistent_load", "unexpected end", "failed finding central directory",
+                     "ran out of input", "eof", "pytorchstreamreader failed")
+
+
+def _looks_truncated(e: BaseException) -> bool:
+    if isinstance(e, EOFError):
+        return True
+    text = f"{type(e).__name__} {e}".lower()
+    return any(sign in text for sign in _TRUNCATION_SIGNS)
+
+
 def _torch_load(path: str, fmt: str, weights_only: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
+        if _looks_truncated(e):
+            raise _truncated(path, fmt, e) from e
         if weights_only:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise CheckpointError(
@@ -88,6 +111,8 @@ def _torch_load(path: str, fmt: str, weights_only: bool) -> Any:
             ) from e
         raise CheckpointError(f"checkpoint {path!r} ({fmt}) is corrupt or not a checkpoint: {e}") from e
     except Exception as e:
+        if _looks_truncated(e):
+            raise _truncated(path, fmt, e) from e
         raise CheckpointError(
             f"checkpoint {path!r} ({fmt}) is corrupt or not a checkpoint: {type(e).__name__}: {e}"
         ) from e
@@ -102,6 +127,11 @@ def read_checkpoint_file(path: Any, fmt: str = "auto", weights_only: bool = True
         raise CheckpointError(f"checkpoint {path!r} ({fmt}) is a directory, expected a file")
     if zipfile.is_zipfile(path):
         return _torch_load(path, fmt, weights_only)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":  # a zip's first entry without the directory at its end: cut short
+        raise CheckpointError(f"truncated or corrupt checkpoint file {path} ({fmt}): a torch.save zip archive "
+                              "without its central directory (the end of the file is missing)")
     # Not a zip: a Caffe2 pickle or a legacy torch.save file, both plain pickles underneath.
     try:
         with open(path, "rb") as f:
@@ -114,6 +144,8 @@ def read_checkpoint_file(path: Any, fmt: str = "auto", weights_only: bool = True
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="latin1")
     except Exception as e:
+        if _looks_truncated(e):
+            raise _truncated(path, fmt, e) from e
         raise CheckpointError(
             f"checkpoint {path!r} ({fmt}) is corrupt or not a checkpoint (neither a torch.save file nor a pickle "
             f"of numpy arrays): {type(e).__name__}: {e}"
@@ -288,6 +320,37 @@ def caffe2_to_pyslowfast(name: str) -> Optional[str]:
             bn = _C2_SUFFIX_BN.get(g.get("bn") or "", "")
             return dst.format(p=1 if g.get("t") else 0, s=g.get("s"), i=g.get("i"), l=g.get("l"), wb=wb, bn=bn)
     return None
+
+
+def read_state_dict(path_or_state_dict: Any, format: str = "auto", *,
+                    weights_only: bool = True) -> Tuple[Dict[str, Any], str, str]:
+    """(flat state dict, its layout, a description of where it came from) of a checkpoint file, a loaded
+    checkpoint object or a model (any nn.Module, e.g. PyTorchVideo's); "module." prefixes removed."""
+    if format not in _FORMAT_CHOICES:
+        raise ValueError(f"format must be one of {_FORMAT_CHOICES}, got {format!r}")
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        source = f"checkpoint {os.fspath(path_or_state_dict)!r}"
+        obj = read_checkpoint_file(path_or_state_dict, format, weights_only)
+    elif isinstance(path_or_state_dict, torch.nn.Module):
+        source, obj = f"{type(path_or_state_dict).__name__} model", path_or_state_dict.state_dict()
+    elif isinstance(path_or_state_dict, Mapping):
+        source, obj = "state dict", path_or_state_dict
+    else:
+        raise TypeError(
+            "path_or_state_dict: expected a file path or a state dict (or a model object), got "
+            f"{type(path_or_state_dict).__name__}"
+        )
+    state = _strip_prefix(dict(unwrap_container(obj, source, format)))
+    fmt = detect_format(state) if format == "auto" else format
+    if format != "auto":
+        guessed = None
+        try:
+            guessed = detect_format(state)
+        except CheckpointError:
+            pass
+        if guessed is not None and guessed != fmt:
+            raise CheckpointError(f"{source}: format={fmt!r} was asked for, but the keys are in the {guessed} layout")
+    return state, fmt, source
 
 
 def _check_model(model: Any, fmt: str) -> SlowFast:
@@ -481,8 +544,9 @@ def load_checkpoint(
     model: a ``slowfast_reference.SlowFast`` (slowfast_r50_4x16, slowfast_r50_8x8, slowfast_r101_8x8,
         slowfast_r101_16x8, slow_r50_8x8) built with the checkpoint's number of classes.
     path_or_state_dict: a file path, or an already loaded object: a flat state dict or a container
-        ({"model_state": ...}, {"state_dict": ...}, {"blobs": ...}, {"model": ...}). "module." prefixes
-        are removed.
+        ({"model_state": ...}, {"state_dict": ...}, {"blobs": ...}, {"model": ...}), or a model object
+        (e.g. PyTorchVideo's ``slowfast_r50()``) whose state dict is in one of the layouts. "module."
+        prefixes are removed.
     format: auto | pytorchvideo | pyslowfast | pyslowfast-caffe2 | mmaction2; auto reads the keys.
     strict: every model tensor must come from the checkpoint (``num_batches_tracked`` may be absent),
         every checkpoint tensor must land in the model, shapes must agree. Otherwise one ValueError
@@ -503,25 +567,7 @@ def load_checkpoint(
         raise ValueError(f"format must be one of {_FORMAT_CHOICES}, got {format!r}")
     if not isinstance(model, SlowFast):
         raise TypeError(f"model: expected a slowfast_reference.SlowFast, got {type(model).__name__}")
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        source = f"checkpoint {os.fspath(path_or_state_dict)!r}"
-        obj = read_checkpoint_file(path_or_state_dict, format, weights_only)
-    elif isinstance(path_or_state_dict, Mapping):
-        source, obj = "state dict", path_or_state_dict
-    else:
-        raise TypeError(
-            f"path_or_state_dict: expected a file path or a state dict, got {type(path_or_state_dict).__name__}"
-        )
-    state = _strip_prefix(dict(unwrap_container(obj, source, format)))
-    fmt = detect_format(state) if format == "auto" else format
-    if format != "auto":
-        guessed = None
-        try:
-            guessed = detect_format(state)
-        except CheckpointError:
-            pass
-        if guessed is not None and guessed != fmt:
-            raise CheckpointError(f"{source}: format={fmt!r} was asked for, but the keys are in the {guessed} layout")
+    state, fmt, source = read_state_dict(path_or_state_dict, format, weights_only=weights_only)
     _check_model(model, fmt)
     pairs, problems, hints, bare = _plan(model, state, fmt)
     if any(problems):
@@ -538,3 +584,121 @@ def load_checkpoint(
         for key, tensor in pairs:
             ours[key].copy_(tensor)
     return model
+
+
+class ArchInfo(NamedTuple):
+    """What a checkpoint holds: the reference architecture (a slowfast_reference factory name), the key
+    layout, the number of classes of its classifier, and where it came from."""
+
+    arch: str
+    format: str
+    num_classes: int
+    source: str
+
+
+_HEAD_WEIGHT_KEY = {
+    "pytorchvideo": re.compile(r"blocks\.\d+\.proj\.weight"),
+    "pyslowfast": re.compile(r"head\.projection\.weight"),
+    "pyslowfast-caffe2": re.compile(r"pred_w"),
+    "mmaction2": re.compile(r"cls_head\.fc_cls\.weight"),
+}
+
+
+def _num_classes(state: Mapping[str, Any], fmt: str) -> Optional[int]:
+    for key, value in state.items():
+        if _HEAD_WEIGHT_KEY[fmt].fullmatch(key):
+            return int(value.shape[0])
+    return None
+
+
+# The most common checkpoints first: detection stops at the first architecture that fits.
+_DETECTION_ORDER = ("slowfast_r50_8x8", "slowfast_r50_4x16", "slow_r50_8x8", "slowfast_r101_8x8", "slowfast_r101_16x8")
+
+
+def _problems_as(arch: str, state: Dict[str, Any], fmt: str, num_classes: int):
+    from slowfast_reference.models import build_model
+
+    # Meta tensors: shapes without memory or initialisation (an R101 in milliseconds).
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=num_classes).eval()
+    _, problems, _, _ = _plan(model, state, fmt)
+    return problems
+
+
+def detect_arch(path_or_state_dict: Any, format: str = "auto", *, weights_only: bool = True) -> ArchInfo:
+    """The architecture a checkpoint holds, read from its keys and shapes (nothing is loaded).
+
+    The key layout gives the block counts per stage (R50: 3, 4, 6, 3; R101: 3, 4, 23, 3) and whether a
+    Fast pathway exists (Slow-only); the lateral conv's temporal kernel separates R50 8x8 (7) from R50 4x16
+    (5), conv a's temporal kernels in res4 R101 8x8 (all 23 blocks) from R101 16x8 (6 blocks). alpha and
+    the clip length have no weights: each is the one of the released model with those weights.
+    path_or_state_dict: anything load_checkpoint takes. Raises CheckpointError naming the closest known
+    architecture when none matches every key and shape.
+    """
+    state, fmt, source = read_state_dict(path_or_state_dict, format, weights_only=weights_only)
+    num_classes = _num_classes(state, fmt) or 400
+    scored = []
+    for arch in _DETECTION_ORDER:
+        problems = _problems_as(arch, state, fmt, num_classes)
+        if not any(problems):
+            return ArchInfo(arch, fmt, num_classes, source)
+        scored.append((sum(len(p) for p in problems), arch, problems))
+    _, arch, (missing, unexpected, mismatched) = min(scored)
+    raise CheckpointError(
+        f"{source} ({fmt} layout) holds none of the known architectures ({', '.join(_DETECTION_ORDER)}); the "
+        f"closest, {arch}, differs in {len(missing)} missing, {len(unexpected)} unexpected and {len(mismatched)} "
+        "shape-mismatched key(s)"
+    )
+
+
+def _pytorchvideo_head(model: torch.nn.Module) -> Dict[str, Any]:
+    """build_model's head arguments (head_act, train_crop, head_pool) read from a PyTorchVideo-style model.
+
+    The head pools are the AvgPool3d (fixed window: train_crop = 32 x its spatial size) or AdaptiveAvgPool3d
+    (global) modules other than the head's output_pool; kernel sizes may be numpy ints."""
+    kwargs: Dict[str, Any] = {}
+    for name, module in model.named_modules():
+        if name.endswith("output_pool"):
+            continue
+        if isinstance(module, torch.nn.AdaptiveAvgPool3d):
+            kwargs["head_pool"] = "global"
+        elif isinstance(module, torch.nn.AvgPool3d):
+            kernel = module.kernel_size
+            spatial = int(kernel[-1]) if isinstance(kernel, (tuple, list)) else int(kernel)
+            kwargs.setdefault("train_crop", 32 * spatial)
+        proj = getattr(module, "proj", None)
+        if isinstance(proj, torch.nn.Linear) and hasattr(module, "activation"):
+            act = module.activation
+            if act is None:
+                kwargs["head_act"] = None
+            elif isinstance(act, torch.nn.Softmax):
+                kwargs["head_act"] = "softmax"
+            else:
+                raise ValueError(f"{type(model).__name__}: head activation {type(act).__name__} has no counterpart "
+                                 "in the reference (None or Softmax)")
+    return kwargs
+
+
+def to_reference_model(model: torch.nn.Module, format: str = "auto") -> SlowFast:
+    """A reference SlowFast computing what `model` computes: `model` itself when it is one, otherwise a new
+    reference model of the architecture its weights hold (detect_arch), loaded with them.
+
+    model: e.g. PyTorchVideo's ``slowfast_r50()`` / ``create_slowfast(...)`` / ``slow_r50()`` (any
+    nn.Module whose state dict is in one of the known layouts). The head follows the model's: the fixed
+    pool window (its AvgPool3d kernels, numpy ints accepted) or a global pool, softmax or no activation.
+    The result is on the model's device and in its train/eval mode.
+    """
+    if isinstance(model, SlowFast):
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected an nn.Module (e.g. a PyTorchVideo SlowFast), got {type(model).__name__}")
+    from slowfast_reference.models import build_model
+
+    state, fmt, source = read_state_dict(model, format)
+    info = detect_arch(state, fmt)
+    reference = build_model(info.arch, num_classes=info.num_classes, **_pytorchvideo_head(model))
+    load_checkpoint(reference, state, format=fmt)
+    param = next(iter(model.parameters()), None)
+    if param is not None:
+        reference = reference.to(param.device)
+    return reference.train(model.training)

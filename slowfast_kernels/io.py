@@ -67,6 +67,8 @@ class _Stream:
 
     def __init__(self, path: PathLike):
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise VideoDecodeError(f"read_video: {self.path}: is a directory, not a video file")
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"read_video: {self.path}: no such file")
         self.av = av = _import_av()

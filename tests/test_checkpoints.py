@@ -388,3 +388,87 @@ def test_export_uses_the_frameworks_real_key_names(fmt):
         assert key in sd, f"{fmt}: {key} missing from the exported layout"
         assert tuple(sd[key].shape) == shape, f"{fmt}: {key} has shape {tuple(sd[key].shape)}, expected {shape}"
     assert not any("layer4_lateral" in k or k.startswith("s5_fuse") for k in sd)  # no lateral after res5
+
+
+# --- the architecture a checkpoint holds, PyTorchVideo model objects, truncated files ---
+
+from slowfast_kernels.checkpoints import detect_arch, to_reference_model  # noqa: E402
+
+ALL_ARCHS = ("slowfast_r50_8x8", "slowfast_r50_4x16", "slowfast_r101_8x8", "slowfast_r101_16x8", "slow_r50_8x8")
+
+
+@pytest.fixture(scope="module")
+def every_arch():
+    return {arch: R.build_model(arch, num_classes=7) for arch in ALL_ARCHS}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_detect_arch_from_keys_and_shapes(every_arch, fmt):
+    for arch, model in every_arch.items():
+        info = detect_arch(export_state_dict(model, fmt))
+        assert (info.arch, info.format, info.num_classes) == (arch, fmt, 7), arch
+
+
+def test_detect_arch_from_a_file_and_bare_mmaction2_laterals(every_arch, tmp_path):
+    path = tmp_path / "r101.pth"
+    save_foreign(every_arch["slowfast_r101_8x8"], path, "mmaction2")
+    info = detect_arch(path)
+    assert (info.arch, info.format, info.num_classes) == ("slowfast_r101_8x8", "mmaction2", 7)
+    assert "r101.pth" in info.source
+    bare = R.build_model("slowfast_r50_4x16", num_classes=3, lateral_norm=False)
+    assert detect_arch(export_state_dict(bare, "mmaction2")).arch == "slowfast_r50_4x16"
+
+
+def test_detect_arch_names_the_closest_when_nothing_fits(every_arch):
+    state = dict(export_state_dict(every_arch["slowfast_r50_8x8"], "pyslowfast"))
+    del state["s3.pathway0_res1.branch2.a.weight"]
+    with pytest.raises(CheckpointError, match=r"none of the known architectures.*closest, slowfast_r50_8x8.*1 missing"):
+        detect_arch(state)
+
+
+@pytest.mark.parametrize("fmt,legacy", [("pyslowfast", False), ("pyslowfast", True), ("pyslowfast-caffe2", False)])
+def test_truncated_file_is_one_line(tmp_path, fmt, legacy):
+    model = R.slow_r50_8x8(num_classes=3)
+    path = tmp_path / f"cut{SUFFIX[fmt]}"
+    save_foreign(model, path, fmt, legacy=legacy)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, 100):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(model, path)
+        message = str(err.value)
+        assert message.startswith(f"truncated or corrupt checkpoint file {path} ")
+        assert "\n" not in message and "persistent_load" not in message
+
+
+def test_pytorchvideo_model_objects(ptv, every_arch):
+    create_slowfast, create_resnet = ptv
+    # PyTorchVideo's modules carry numpy ints (kernel sizes, strides): accepted where torch accepts them.
+    theirs = randomize(create_slowfast(
+        slowfast_fusion_conv_kernel_size=(5, 1, 1), slowfast_fusion_conv_stride=(8, 1, 1),
+        head_pool_kernel_sizes=((np.int64(4), np.int64(1), np.int64(1)), (np.int64(32), 1, 1)),
+        head_activation=lambda: torch.nn.Softmax(dim=1), model_num_class=5,
+    )).eval()
+    with torch.no_grad():
+        theirs.blocks[-1].proj.weight.mul_(2e-3)
+    ours = to_reference_model(theirs)
+    assert isinstance(ours, R.SlowFast) and not ours.training
+    assert (ours.config.alpha, ours.config.fusion_kernel, ours.num_classes, ours.config.train_crop) == (8, 5, 5, 32)
+    x = R.pack_pathways(torch.randn(1, 3, 32, 64, 64), 8)  # a 1x1 window over a 2x2 map: 4 positions
+    with torch.no_grad():
+        expected = theirs([t.clone() for t in x])
+        torch.testing.assert_close(ours(x), expected, rtol=1e-6, atol=1e-6)  # 2x2 positions, softmax each
+    # load_checkpoint takes the model object as its source of weights
+    target = R.slowfast_r50_4x16(num_classes=5, head_act="softmax", train_crop=32)
+    scramble(target)
+    load_checkpoint(target, theirs)
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(x), expected, rtol=1e-6, atol=1e-6)
+    slow = create_resnet(  # PyTorchVideo's slow_r50
+        stem_conv_kernel_size=(1, 7, 7), head_pool_kernel_size=(8, 7, 7), stage1_pool=None,
+        stage_conv_a_kernel_size=((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)), model_num_class=4,
+    ).eval()
+    assert to_reference_model(slow).config.slow_only
+    assert to_reference_model(ours) is ours
+    with pytest.raises(TypeError, match="nn.Module"):
+        to_reference_model({"blocks.0.conv.weight": torch.zeros(1)})

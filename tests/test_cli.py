@@ -9,6 +9,7 @@ import slowfast_reference as R
 from slowfast_kernels import io
 from slowfast_kernels.__main__ import main
 from _checkpoint_fixtures import randomize
+from _cli_corpus import json_lines
 
 pytest.importorskip("av")
 
@@ -34,8 +35,8 @@ def test_demo_prints_parity_and_speed(capsys):
 
 
 def _top5(out):
-    rows = re.findall(r"^\s+\d\. (.+?)\s+([0-9.]+)$", out, flags=re.M)
-    return [(name.strip(), float(p)) for name, p in rows]
+    (record,) = json_lines(out)
+    return [(name, p) for name, p in record["top"]]
 
 
 @pytest.mark.parametrize("arch,views", [("slowfast_r50_8x8", 1), ("slow_r50_8x8", 30)])
@@ -45,8 +46,10 @@ def test_classify_matches_the_views_averaged_by_hand(video, tmp_path, capsys, ar
     with torch.no_grad():  # logits of order 1, so the per-position softmax is not one-hot
         model.blocks[-1].proj.weight.mul_(1e-3)
     torch.save({"model_state": sk.checkpoints.export_state_dict(model, "pyslowfast")}, ckpt)
+    # --batch-size 7: the 30 views span 5 forwards, the last one partial
     assert main(["classify", str(video), "--checkpoint", str(ckpt), "--arch", arch, "--views", str(views),
-                 "--size", "48", "--crop", "48", "--train-crop", "32", "--device", "cpu", "--dtype", "float32"]) == 0
+                 "--size", "48", "--crop", "48", "--train-crop", "32", "--device", "cpu", "--dtype", "float32",
+                 "--batch-size", "7"]) == 0
     top = _top5(capsys.readouterr().out)
     assert len(top) == 5
     # PySlowFast testing, written out: 10 temporal x 3 spatial views (or the first clip's centre) of a video
@@ -90,19 +93,22 @@ def _per_position_logits(model, x):
     return head.proj(y.permute(0, 2, 3, 4, 1))
 
 
-def test_classify_without_checkpoint_warns(video, capsys):
-    with pytest.warns(UserWarning, match="NO CHECKPOINT"):
-        assert main(["classify", str(video), "--size", "32", "--crop", "32", "--device", "cpu",
-                     "--dtype", "float32"]) == 0
+def test_classify_without_checkpoint_says_so_in_the_output(video, capsys, recwarn):
+    assert main(["classify", str(video), "--size", "32", "--crop", "32", "--device", "cpu",
+                 "--dtype", "float32"]) == 0
     captured = capsys.readouterr()
-    assert "random weights" in captured.err and len(_top5(captured.out)) == 5
+    (record,) = json_lines(captured.out)
+    assert record["checkpoint"] is None and "random weights" in record["warning"] and len(record["top"]) == 5
+    assert captured.err.count("random weights") == 1 and not [w for w in recwarn if "weights" in str(w.message)]
 
 
-def test_classify_bad_video_is_a_clear_error(tmp_path):
+def test_classify_bad_video_is_an_error_line(tmp_path, capsys):
     bad = tmp_path / "not_a_video.mp4"
     bad.write_text("hello")
-    with pytest.raises(io.VideoDecodeError, match="not_a_video.mp4"):
-        main(["classify", str(bad), "--size", "32", "--crop", "32", "--device", "cpu", "--dtype", "float32"])
+    assert main(["classify", str(bad), "--size", "32", "--crop", "32", "--device", "cpu", "--dtype",
+                 "float32"]) == 3
+    (record,) = json_lines(capsys.readouterr().out)
+    assert record["video"] == str(bad) and "not_a_video.mp4" in record["error"] and "top" not in record
 
 
 def test_bench_and_backends(capsys):

@@ -1,0 +1,156 @@
+"""The command line: python -m slowfast_kernels {demo, classify, bench, backends} (see --help).
+
+Errors are one line on stderr naming the option or file (``--crop 300: larger than ...``); exit status 2
+for bad options (found before any model is built), 3 when a classify run could not decode some videos,
+1 for anything else. --debug, or SLOWFAST_KERNELS_DEBUG=1, shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+import torch
+
+from . import options
+from .errors import DEBUG_ENV, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+
+PROG = "python -m slowfast_kernels"
+DESCRIPTION = "SlowFast video networks: fused inference kernels, checkpoint loading, video classification."
+EPILOG = (f"exit status: 0 ok, 1 error, 2 bad option, 3 some videos failed to decode. --debug or {DEBUG_ENV}=1 "
+          "shows tracebacks.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (the option and the problem) and exit status 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def _common(p: argparse.ArgumentParser, size: int, crop: int, default_device: str) -> None:
+    arch_choices = ["auto"] + sorted(options.SAMPLING_RATE)
+    p.add_argument("--arch", default=None, choices=arch_choices, metavar="ARCH",
+                   help="network architecture, one of: " + ", ".join(arch_choices) + ". Default: auto with "
+                        "--checkpoint (read from the checkpoint's keys and shapes), else slowfast_r50_8x8")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="weights: a PyTorchVideo / PySlowFast (.pyth, Caffe2 .pkl) / MMAction2 checkpoint "
+                        "(default: random weights)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a trusted checkpoint that holds Python objects besides the weights "
+                        "(torch.load weights_only=False: it can run code)")
+    p.add_argument("--device", default=default_device,
+                   help=f"cpu, cuda or cuda:N (default: {default_device})")
+    p.add_argument("--dtype", default="bfloat16" if default_device == "cuda" else "float32",
+                   choices=list(options.DTYPES),
+                   help="compute precision of the fused model (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--backend", default="auto", choices=options.BACKENDS,
+                   help="kernel backend (default auto: the fastest that runs here; see the backends command)")
+    p.add_argument("--size", type=options.positive_int, default=size,
+                   help=f"short-side resize in pixels before cropping (default: {size})")
+    p.add_argument("--crop", type=options.positive_int, default=crop,
+                   help=f"square crop in pixels, at most --size (default: {crop})")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .classify import run as classify
+    from .commands import backends_, bench, demo
+
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true", help=f"show the full traceback of an error "
+                                                             f"(also: {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND",
+                                parser_class=_Parser)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    p = sub.add_parser("demo", help="encode a synthetic MP4, decode it, run the reference and the fused model: "
+                                    "parity and clips/s", epilog=EPILOG)
+    _common(p, 256, 224, default_device)
+    p.add_argument("--runs", type=options.positive_int, default=3, help="timed runs per model (default: 3)")
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("classify", help="top-k labels of videos, one JSON line per video (files, directories, "
+                                        "@lists; resumable; torchrun for many GPUs)", epilog=EPILOG,
+                       description="Classify videos: one JSON line per video, "
+                                   '{"video", "top": [[label, prob], ...], "views", "arch", "checkpoint", '
+                                   '"seconds"} or {"video", "error"} for a video that cannot be decoded. '
+                                   "Under torchrun each rank takes its share of the videos.")
+    p.add_argument("videos", nargs="+", metavar="PATH",
+                   help="a video file, a directory (searched recursively for video files) or @LIST "
+                        "(a text file, one path a line)")
+    p.add_argument("--output", "-o", default=None, metavar="FILE",
+                   help="append the JSON lines to FILE; videos already in it are skipped, so a stopped run "
+                        "resumes (default: stdout, progress on stderr)")
+    p.add_argument("--views", type=int, default=1, choices=[1, 30],
+                   help="1: the centre crop of the centre clip; 30: 10 temporal x 3 spatial crops "
+                        "(PySlowFast's test protocol) (default: 1)")
+    p.add_argument("--top", type=int, default=5, help="labels per video, most probable first (default: 5)")
+    p.add_argument("--batch-size", type=options.positive_int, default=None, metavar="N",
+                   help="views per forward, across videos (default: 16 on CUDA, 4 on CPU)")
+    p.add_argument("--workers", type=options.positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="decoding threads running ahead of the model (default: min(4, CPUs))")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="class names, one a line (default: Kinetics-400's for 400-class checkpoints)")
+    p.add_argument("--train-crop", type=options.positive_int, default=224, metavar="PIXELS",
+                   help="the checkpoint's training crop: the head pools windows of train_crop / 32 "
+                        "(224 for every released SlowFast checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _common(p, 256, 256, default_device)
+    p.set_defaults(func=classify)
+
+    p = sub.add_parser("bench", help="end-to-end clips/s: fused vs the eager reference (and torch.compile)",
+                       epilog=EPILOG)
+    _common(p, 224, 224, default_device)
+    p.add_argument("--batch", type=options.positive_int, default=32 if default_device == "cuda" else 1,
+                   help="clips per forward")
+    p.add_argument("--runs", type=options.positive_int, default=5, help="timed runs per model (default: 5)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the reference")
+    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="run the fused model without CUDA graphs")
+    p.set_defaults(func=bench)
+
+    p = sub.add_parser("backends", help="which kernel backends can run here, and why the others cannot",
+                       epilog=EPILOG)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p.set_defaults(func=backends_)
+    return parser
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; returns its exit status (argparse's --help: 0, its errors: 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or an argparse error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if getattr(args, "batch_size", 1) is None:
+        args.batch_size = 16 if args.device.startswith("cuda") else 4
+    try:
+        return args.func(args, debug)
+    except UsageError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the command line reports, --debug shows the traceback
+        if debug:
+            traceback.print_exc()
+            return EXIT_ERROR
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else type(exc).__name__
+        more = f" ({len(lines) - 1} more lines with --debug)" if len(lines) > 1 else ""
+        _error(f"{first}{more}")
+        return EXIT_ERROR

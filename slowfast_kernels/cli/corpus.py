@@ -1,0 +1,167 @@
+"""The videos of a classify run (files, directories, @lists) and its results file (JSON lines, resumable).
+
+Results file: one JSON object per line, ``{"video": path, ...}``. Each line is written by one os.write on
+an O_APPEND descriptor as its video finishes, so a killed run leaves whole lines and at most one cut-off
+last line; reading ignores a line that does not parse (or lacks its newline), and the writer cuts such a
+tail off before appending. Under torchrun each rank appends to its own part file (``OUTPUT.part-RANK``);
+rank 0 merges the part files into OUTPUT at the end, skipping videos already there, then removes them.
+A run reads OUTPUT and every part file, so videos in either are never classified twice, whatever the
+number of processes of the run that wrote them.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Dict, Iterable, List, Optional
+
+from .errors import UsageError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+                    ".ts", ".mts", ".ogv")
+
+
+def expand_inputs(items: Iterable[str]) -> List[str]:
+    """Video paths, in order, each once: a file as given, a directory's video files (recursively, sorted),
+    the lines of an @list file (blank lines and # comments skipped; entries are checked when decoded)."""
+    videos: List[str] = []
+    for item in items:
+        if item.startswith("@"):
+            videos.extend(_read_list(item[1:]))
+        elif os.path.isdir(item):
+            found = _walk(item)
+            if not found:
+                raise UsageError(f"{item}: a directory without video files ({', '.join(VIDEO_EXTENSIONS)})")
+            videos.extend(found)
+        elif os.path.exists(item):
+            videos.append(item)
+        else:
+            raise UsageError(f"{item}: no such file or directory")
+    return list(dict.fromkeys(videos))
+
+
+def _read_list(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise UsageError(f"@{path}: no such list file") from None
+    except OSError as exc:
+        raise UsageError(f"@{path}: {exc.strerror or exc}") from None
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _walk(root: str) -> List[str]:
+    found = []
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        subdirs.sort()
+        found.extend(os.path.join(directory, name) for name in sorted(files)
+                     if name.lower().endswith(VIDEO_EXTENSIONS))
+    return found
+
+
+def read_results(path: str) -> Dict[str, dict]:
+    """video -> its record, from every complete, parseable line of a results file (missing file: empty)."""
+    records: Dict[str, dict] = {}
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return records
+    for line in data.split(b"\n")[:-1]:  # the piece after the last newline is a cut-off line
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("video"), str):
+            records.setdefault(record["video"], record)
+    return records
+
+
+def _cut_partial_tail(path: str) -> None:
+    """Remove a last line without its newline (a write killed midway), so appends start on a new line."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                f.seek(start)
+                chunk = f.read(end - start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(start + cut + 1)
+                    return
+                end = start
+            f.truncate(0)
+    except FileNotFoundError:
+        pass
+
+
+def encode(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class ResultsFile:
+    """The output of one rank: OUTPUT itself in a single-process run, OUTPUT.part-RANK under torchrun."""
+
+    def __init__(self, path: str, rank: int = 0, world_size: int = 1) -> None:
+        self.path, self.rank, self.world_size = path, rank, world_size
+        self.own = path if world_size == 1 else f"{path}.part-{rank}"
+        self._fd: Optional[int] = None
+
+    def part_files(self) -> List[str]:
+        return sorted(glob.glob(glob.escape(self.path) + ".part-*"))
+
+    def done(self) -> Dict[str, dict]:
+        """Every video with a line in OUTPUT or a part file."""
+        records = read_results(self.path)
+        for part in self.part_files():
+            for video, record in read_results(part).items():
+                records.setdefault(video, record)
+        return records
+
+    def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.own))
+        if not os.path.isdir(directory):
+            raise UsageError(f"--output {self.path}: the directory {directory} does not exist")
+        _cut_partial_tail(self.own)
+        self._fd = os.open(self.own, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict) -> None:
+        assert self._fd is not None, "ResultsFile.open() first"
+        data = encode(record)
+        written = os.write(self._fd, data)
+        if written != len(data):  # a short write (disk full): the rest, so the line is whole or reported
+            os.write(self._fd, data[written:])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def merge_parts(self) -> None:
+        """Rank 0, after every rank closed its part: append the part files' videos missing from OUTPUT."""
+        parts = self.part_files()
+        if not parts:
+            return
+        _cut_partial_tail(self.path)
+        seen = set(read_results(self.path))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for part in parts:
+                for video, record in read_results(part).items():
+                    if video not in seen:
+                        os.write(fd, encode(record))
+                        seen.add(video)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for part in parts:
+            os.remove(part)
