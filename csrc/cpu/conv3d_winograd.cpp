@@ -5,10 +5,10 @@
 // Why: oneDNN runs these as direct convs; F(4x4, 3x3) does 36 products per 16 outputs instead of 144.
 // The products are 36 (16 for F(2x2, 3x3)) independent GEMMs M_k[tiles, C_out] = V_k[tiles, C_in] U_k.
 //
-// Steps per block of output tiles (blocks keep V and M near the cores' caches; see kDefaultBlockBytes):
-//   1. input transform, in parallel over tiles: V[k][tile][c_in] (16 channels per vector),
-//   2. one batched GEMM (at::bmm_out: MKL / oneDNN, threaded over the 36 products),
-//   3. output transform, in parallel over tiles: A^T M A + bias (+ residual), ReLU, into NDHWC.
+// Each thread runs whole blocks of output tiles (blocks keep V and M near its core; see kDefaultBlockBytes):
+//   1. input transform: V[k][tile][c_in] (16 channels per vector),
+//   2. one batched GEMM M_k = V_k U_k (at::bmm_out on this thread: MKL),
+//   3. output transform: A^T M A + bias (+ residual), ReLU, into NDHWC.
 // The filter transform U = G g G^T is computed once (conv3d_winograd_weight, in float64, rounded once).
 //
 // AVX-512 where the CPU has it (chosen at run time; the library is built without -march), else a portable
@@ -101,8 +101,10 @@ struct Vec {
 
 }  // namespace portable
 
-// Tiles per block: as many as keep V and M (a^2 * tiles * (C_in + C_out) floats) within this many bytes.
-// 1 MiB (one core's L2 here): see benchmarks/bench_conv3d_winograd.py for the sweep behind it.
+// Tiles per block: as many as keep V and M (a^2 * tiles * (C_in + C_out) floats) within 1 MiB (one core's L2
+// here), but at least kMinBlockTiles: every block streams all of U (9.4 MB for 256 -> 256 channels), and
+// blocks of 8-32 tiles ran res4 / res5 conv_b 1.3-2x slower than 32-64 (1 thread, under load).
+constexpr int64_t kMinBlockTiles = 64;
 constexpr int64_t kDefaultBlockBytes = int64_t(1) << 20;
 
 // G (a x 3) of F(m x m, 3 x 3): U = G g G^T.
@@ -198,11 +200,16 @@ void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<a
   g.yn = out.stride(0), g.yt = out.stride(2), g.yh = out.stride(3), g.yw = out.stride(4);
   if (has_residual) g.rn = residual.stride(0), g.rt = residual.stride(2), g.rh = residual.stride(3), g.rw = residual.stride(4);
 
+  // Blocks of tb tiles, each run start to end by one thread (transform, GEMMs, output): one parallel region
+  // per call. Under load (2 cores shared by several jobs) every extra barrier cost milliseconds; see
+  // kDefaultBlockBytes. At least one block per thread, so both cores work on the small res4 / res5 layers.
+  const int64_t threads = at::get_num_threads();
   const int64_t per_tile_bytes = a2 * (g.C + g.Co) * static_cast<int64_t>(sizeof(float));
-  int64_t tb = tile_block > 0 ? tile_block : std::max<int64_t>(16, kDefaultBlockBytes / per_tile_bytes);
-  tb = std::min(tb, g.tiles);
-  at::Tensor V = at::empty({a2 * tb * g.C}, x.options());
-  at::Tensor M = at::empty({a2 * tb * g.Co}, x.options());
+  int64_t tb = tile_block > 0 ? tile_block : std::max(kMinBlockTiles, kDefaultBlockBytes / per_tile_bytes);
+  tb = std::max<int64_t>(1, std::min(tb, (g.tiles + threads - 1) / threads));
+  const int64_t blocks = (g.tiles + tb - 1) / tb;
+  const int64_t workers = std::min(threads, blocks);
+  at::Tensor scratch = at::empty({workers, a2 * tb * (g.C + g.Co)}, x.options());
 
   const bool avx = __builtin_cpu_supports("avx512f");
   const bool relu = activation == "relu";
@@ -210,36 +217,30 @@ void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<a
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
   const float* rp = has_residual ? residual.data_ptr<float>() : nullptr;
   float* yp = out.data_ptr<float>();
-  float* vp = V.data_ptr<float>();
-  float* mp = M.data_ptr<float>();
-  // Tasks of a few tiles: each tile is a^2 vectors per 16 channels, so 4 tiles are thousands of vector ops.
-  constexpr int64_t kGrain = 4;
 
-  for (int64_t p0 = 0; p0 < g.tiles; p0 += tb) {
-    const int64_t p1 = std::min(g.tiles, p0 + tb), nb = p1 - p0;
-    at::parallel_for(p0, p1, kGrain, [&](int64_t b, int64_t e) {
-      // Each task writes rows [b - p0, e - p0) of every V_k (row stride C, V_k stride nb * C).
-      float* v = vp + (b - p0) * g.C;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t worker = std::min<int64_t>(at::get_thread_num(), workers - 1);
+    float* vp = scratch.data_ptr<float>() + worker * scratch.size(1);
+    float* mp = vp + a2 * tb * g.C;
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * tb, p1 = std::min(g.tiles, p0 + tb), nb = p1 - p0;
       if (m == 4) {
-        avx ? avx512::input_tiles<4>(xp, g, b, e, v, nb) : portable::input_tiles<4>(xp, g, b, e, v, nb);
+        avx ? avx512::input_tiles<4>(xp, g, p0, p1, vp, nb) : portable::input_tiles<4>(xp, g, p0, p1, vp, nb);
       } else {
-        avx ? avx512::input_tiles<2>(xp, g, b, e, v, nb) : portable::input_tiles<2>(xp, g, b, e, v, nb);
+        avx ? avx512::input_tiles<2>(xp, g, p0, p1, vp, nb) : portable::input_tiles<2>(xp, g, p0, p1, vp, nb);
       }
-    });
-    const at::Tensor Vb = at::from_blob(vp, {a2, nb, g.C}, x.options());
-    at::Tensor Mb = at::from_blob(mp, {a2, nb, g.Co}, x.options());
-    at::bmm_out(Mb, Vb, packed);
-    at::parallel_for(p0, p1, kGrain, [&](int64_t b, int64_t e) {
-      const float* mt = mp + (b - p0) * g.Co;
+      // Inside the parallel region bmm runs on this thread alone.
+      at::Tensor Mb = at::from_blob(mp, {a2, nb, g.Co}, x.options());
+      at::bmm_out(Mb, at::from_blob(vp, {a2, nb, g.C}, x.options()), packed);
       if (m == 4) {
-        avx ? avx512::output_tiles<4>(mt, g, b, e, nb, bp, rp, relu, yp)
-            : portable::output_tiles<4>(mt, g, b, e, nb, bp, rp, relu, yp);
+        avx ? avx512::output_tiles<4>(mp, g, p0, p1, nb, bp, rp, relu, yp)
+            : portable::output_tiles<4>(mp, g, p0, p1, nb, bp, rp, relu, yp);
       } else {
-        avx ? avx512::output_tiles<2>(mt, g, b, e, nb, bp, rp, relu, yp)
-            : portable::output_tiles<2>(mt, g, b, e, nb, bp, rp, relu, yp);
+        avx ? avx512::output_tiles<2>(mp, g, p0, p1, nb, bp, rp, relu, yp)
+            : portable::output_tiles<2>(mp, g, p0, p1, nb, bp, rp, relu, yp);
       }
-    });
-  }
+    }
+  });
 }
 
 std::vector<int64_t> output_shape(const at::Tensor& x, const at::Tensor& packed) {
