@@ -79,12 +79,13 @@ void input_tiles(const float* x, const Geometry& g, int64_t p0, int64_t p1, floa
   }
 }
 
-// Output transform of tiles [p0, p1) from rows Mt[k * nb + p - p0][0, Co) (Mt points at tile p0's row of
-// M_0): y = A^T m A + bias (+ residual), activation, stored where the tile lies inside the frame.
-// residual may be out itself.
+// Output transform of output channels [co0, co1) of tiles [p0, p1) from rows Mt[k * nb + p - p0][0, co1 - co0)
+// (Mt points at tile p0's row of M_0): y = A^T m A + bias (+ residual), activation, stored where the tile lies
+// inside the frame. residual may be out itself.
 template <int M>
-void output_tiles(const float* Mt, const Geometry& g, int64_t p0, int64_t p1, int64_t nb, const float* bias,
-                  const float* residual, bool relu, float* out) {
+void output_tiles(const float* Mt, const Geometry& g, int64_t p0, int64_t p1, int64_t nb, int64_t co0, int64_t co1,
+                  const float* bias, const float* residual, bool relu, float* out) {
+  const int64_t ldm = co1 - co0;
   constexpr int A = M + 2;
   const int64_t per_frame = g.tiles_h * g.tiles_w;
   for (int64_t p = p0; p < p1; ++p) {
@@ -92,11 +93,11 @@ void output_tiles(const float* Mt, const Geometry& g, int64_t p0, int64_t p1, in
     const int64_t h0 = in_frame / g.tiles_w * M, w0 = in_frame % g.tiles_w * M;
     const int rows = static_cast<int>(std::min<int64_t>(M, g.H - h0));
     const int cols = static_cast<int>(std::min<int64_t>(M, g.W - w0));
-    const float* m = Mt + (p - p0) * g.Co;
-    for (int64_t c0 = 0; c0 < g.Co; c0 += 16) {
-      const int n = static_cast<int>(std::min<int64_t>(16, g.Co - c0));
+    const float* m = Mt + (p - p0) * ldm - co0;  // indexed by the output channel
+    for (int64_t c0 = co0; c0 < co1; c0 += 16) {
+      const int n = static_cast<int>(std::min<int64_t>(16, co1 - c0));
       Vec s[A][A], t[M][A], col[A], r[M];
-      for (int k = 0; k < A * A; ++k) s[k / A][k % A] = Vec::load(m + (k * nb) * g.Co + c0, n);
+      for (int k = 0; k < A * A; ++k) s[k / A][k % A] = Vec::load(m + (k * nb) * ldm + c0, n);
       for (int j = 0; j < A; ++j) {  // columns: A^T s
         for (int i = 0; i < A; ++i) col[i] = s[i][j];
         output_1d<M>(col, r);
