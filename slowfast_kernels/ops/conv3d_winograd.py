@@ -1,0 +1,112 @@
+"""conv3d_winograd: the CPU Winograd conv of the 1x3x3, stride 1, padding (0, 1, 1) convs (SlowFast's
+bottleneck conv_b layers), fp32, channels-last, bias + residual + ReLU fused into the output transform.
+
+F(4x4, 3x3) does 36 products per 16 outputs where a direct conv does 144; the products are 36 GEMMs
+[tiles, C_in] x [C_in, C_out] over the N * T frames (csrc/cpu/conv3d_winograd.cpp). The filter is
+transformed once (`conv3d_winograd_weight`); `WinogradConv` is the fused model's runner for it.
+
+Measured (2 cores, AMD EPYC AVX-512, batch 1, fp32, under load from other jobs; medians of interleaved
+runs, benchmarks/bench_conv3d_winograd.py): see `winograd_wins` for the table behind the rule.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .. import _ext
+
+TILES = (4, 2)
+
+
+def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], stride, padding, dilation,
+                      dtype: torch.dtype) -> bool:
+    """True when conv3d_winograd computes this conv: the extension is built, fp32, a [C_out, C_in, 1, 3, 3]
+    kernel on a 5-d input with C_in channels, stride 1, padding (0, 1, 1), dilation 1."""
+    return (_ext.LOAD_ERROR is None and dtype == torch.float32 and len(x_shape) == 5 and len(weight_shape) == 5
+            and tuple(weight_shape[2:]) == (1, 3, 3) and x_shape[1] == weight_shape[1]
+            and tuple(stride) == (1, 1, 1) and tuple(padding) == (0, 1, 1) and tuple(dilation) == (1, 1, 1))
+
+
+def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
+    """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv."""
+    c_in, c_out = weight_shape[1], weight_shape[0]
+    return c_in >= 32 and c_out >= 32
+
+
+def conv3d_winograd_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
+    """The transformed filter G g G^T of F(tile x tile, 3x3) (tile 4 or 2), computed in float64 and rounded to
+    float32 once: weight [C_out, C_in, 1, 3, 3] -> [(tile + 2)^2, C_in, C_out]."""
+    if _ext.LOAD_ERROR is not None:
+        raise RuntimeError(f"conv3d_winograd_weight: {_ext.LOAD_ERROR}")
+    return torch.ops.slowfast_kernels.conv3d_winograd_weight(weight, tile)
+
+
+def conv3d_winograd(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                    activation: str = "relu", residual: Optional[torch.Tensor] = None,
+                    out: Optional[torch.Tensor] = None, tile_block: int = 0) -> torch.Tensor:
+    """act(conv3d(x, W, padding (0, 1, 1)) + bias + residual) with packed = conv3d_winograd_weight(W).
+
+    x [N, C_in, T, H, W] float32 CPU, any layout (channels-innermost is read in place, others are copied);
+    bias [C_out] or None; residual [N, C_out, T, H, W] or None (may be `out` itself); activation "relu" |
+    "none"; out: a channels_last_3d [N, C_out, T, H, W] float32 tensor to write, not overlapping x.
+    Returns out, or a new channels_last_3d tensor. tile_block: output tiles per GEMM block (0: automatic).
+    """
+    if _ext.LOAD_ERROR is not None:
+        raise RuntimeError(f"conv3d_winograd: {_ext.LOAD_ERROR}")
+    ops = torch.ops.slowfast_kernels
+    if out is None:
+        return ops.conv3d_winograd(x, packed, bias, activation, residual, tile_block)
+    ops.conv3d_winograd_out(x, packed, bias, activation, residual, tile_block, out)
+    return out
+
+
+def conv3d_winograd_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                        activation: str = "relu", residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The same in plain PyTorch (conv3d in x's dtype), for tests."""
+    y = torch.nn.functional.conv3d(x, weight, bias, 1, (0, 1, 1))
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if activation == "relu" else y
+
+
+class WinogradConv:
+    """Runner (slowfast_kernels.plan's interface) for a BN-folded 1x3x3 conv: act(conv(x) + bias + residual).
+
+    weight: the folded fp32 [C_out, C_in, 1, 3, 3] weight, transformed once here; bias [C_out] or None.
+    Called as runner(x, residual=None, residual_is_scratch=False, out=None): with residual_is_scratch the
+    result is accumulated into residual's memory (when it is channels_last_3d), as OneDNNConv does.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "relu",
+                 tile: int = 4) -> None:
+        if tuple(weight.shape[2:]) != (1, 3, 3) or weight.dim() != 5:
+            raise ValueError(f"WinogradConv: weight: expected [C_out, C_in, 1, 3, 3], got {tuple(weight.shape)}")
+        if activation not in ("relu", "none"):
+            raise ValueError(f"WinogradConv: activation: expected 'relu' or 'none', got {activation!r}")
+        self.packed = conv3d_winograd_weight(weight.detach().float(), tile)
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.activation = activation
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                 residual_is_scratch: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if out is None and residual_is_scratch and residual is not None and residual.dtype == torch.float32 \
+                and residual.is_contiguous(memory_format=torch.channels_last_3d):
+            out = residual
+        return conv3d_winograd(x, self.packed, self.bias, self.activation, residual, out)
+
+
+if _ext.LOAD_ERROR is None:
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_winograd_weight")
+    def _fake_weight(weight, tile=4):
+        return weight.new_empty(((tile + 2) ** 2, weight.shape[1], weight.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_winograd")
+    def _fake(x, packed, bias, activation, residual=None, tile_block=0):
+        shape = (x.shape[0], packed.shape[2], *x.shape[2:])
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_winograd_out")
+    def _fake_out(x, packed, bias, activation, residual, tile_block, out):
+        return None
