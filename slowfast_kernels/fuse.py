@@ -296,7 +296,7 @@ class CUDAGraphRunner(nn.Module):
 
 
 def fuse(
-    model: SlowFast,
+    model: nn.Module,
     dtype: torch.dtype = torch.float32,
     device: Optional[torch.device] = None,
     backend: str = "auto",
@@ -304,13 +304,25 @@ def fuse(
 ) -> nn.Module:
     """Turn an eval-mode reference SlowFast into a fused inference model (see module docstring).
 
+    model: a slowfast_reference SlowFast, or a PyTorchVideo model object (slowfast_r50(), create_slowfast(...),
+    slow_r50(), ...) whose weights are read into the reference model of the same architecture.
+
     fused(inputs) equals model(inputs) within 1e-4 relative in fp32 (2x eager's own error in bf16/fp16).
     cuda_graph: "auto" (default) captures a CUDA graph per input shape on CUDA devices and falls back, with
     a warning, where capture fails; True requires graphs (CUDA only); False never uses them. Works alike
     inside and outside torch.inference_mode() / torch.no_grad(). The reference model is not modified.
     """
     if not isinstance(model, SlowFast):
-        raise TypeError(f"fuse: model must be a slowfast_reference.SlowFast, got {type(model).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"fuse: model must be a slowfast_reference.SlowFast or a PyTorchVideo SlowFast / Slow "
+                            f"model, got {type(model).__name__}")
+        from .checkpoints import CheckpointError, to_reference_model
+
+        try:  # a PyTorchVideo model object: the reference model of the architecture its weights hold
+            model = to_reference_model(model)
+        except CheckpointError as exc:
+            raise TypeError(f"fuse: model: a {type(model).__name__} is neither a slowfast_reference.SlowFast nor "
+                            f"a model whose weights are a known SlowFast layout ({exc})") from None
     if model.training:
         raise ValueError("fuse: model is in train mode; fuse() builds an inference model: call model.eval() first")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):

@@ -242,3 +242,25 @@ def test_fused_cuda_and_graphs(dtype):
     torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     torch.testing.assert_close(other, single, rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_takes_a_pytorchvideo_model_object():
+    """fuse(PyTorchVideo's own model): its weights read into the reference of the same architecture; the fused
+    model computes what PyTorchVideo's does (fixed head window: 2x2 positions at 64 px with train crop 32)."""
+    from _checkpoint_fixtures import pytorchvideo_builders
+
+    builders = pytorchvideo_builders()
+    assert builders is not None, "pytorchvideo (with fvcore) must be installed: pip install -e '.[test]'"
+    create_slowfast, _ = builders
+    theirs = randomize(create_slowfast(
+        slowfast_fusion_conv_kernel_size=(7, 1, 1), slowfast_fusion_conv_stride=(4, 1, 1),
+        head_pool_kernel_sizes=((8, 1, 1), (32, 1, 1)), model_num_class=6)).eval()
+    with torch.no_grad():
+        theirs.blocks[-1].proj.weight.mul_(1e-2)
+    fused = sk.fuse(theirs)
+    x = R.pack_pathways(torch.randn(1, 3, 32, 64, 64), 4)
+    with torch.no_grad():
+        expected = theirs([t.clone() for t in x])
+        assert _rel_err(fused(x), expected) < 1e-4
+    with pytest.raises(TypeError, match="neither a slowfast_reference.SlowFast nor"):
+        sk.fuse(torch.nn.Linear(3, 4))
