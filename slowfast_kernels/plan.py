@@ -26,6 +26,7 @@ from torch import nn
 from . import _ext, tuning
 from .ops.conv3d_bn_act import conv3d_bn_act, fold_bn, layout_of, resolve_backend
 from .ops.conv3d_small_cin import conv3d_small_cin, small_cin_wins
+from .ops.conv3d_winograd import WinogradConv, winograd_supports, winograd_wins
 from .ops.conv3d_winograd_time import WinogradTimeConv, winograd_time_supports, winograd_time_wins
 
 Runner = Callable[..., torch.Tensor]
@@ -186,8 +187,8 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
                 x: torch.Tensor, backend: str, variant: str = "auto") -> Runner:
     """The fastest runner for inputs like x (shape, dtype, device, layout) that `backend` allows.
 
-    variant: "3d", "2d" (View2D, where view2d_kind allows it), "winograd_time" (CPU 3x1x1 convs by F(4, 3))
-    or "auto": on CUDA the faster of 3d and 2d by one
+    variant: "3d", "2d" (View2D, where view2d_kind allows it), "winograd" (CPU 1x3x3 convs by F(4x4, 3x3)),
+    "winograd_time" (CPU 3x1x1 convs by F(4, 3)) or "auto": on CUDA the faster of 3d and 2d by one
     bounded measurement per layer shape (two cuDNN calls timed, cached by slowfast_kernels.tuning: on the
     H200 the 2D view of the Fast pathway's small-channel layers ran up to 2x faster or slower than conv3d
     depending on the layer); on CPU the temporal views (measured faster for every such layer); else 3D.
@@ -209,8 +210,18 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
                              f"input and a 3x1x1 kernel with stride 1 and padding (1, 0, 0) (got "
                              f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)})")
         return WinogradTimeConv(*geometry, x)
-    if chosen == "cpu" and variant == "auto" and winograd_time_wins(x, weight.shape, stride, padding, dilation):
-        return WinogradTimeConv(*geometry, x)
+    if variant == "winograd":
+        if chosen != "cpu" or not winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype):
+            raise ValueError(f"make_runner: variant 'winograd' needs the cpu backend (got {chosen!r}), a float32 "
+                             f"input and a 1x3x3 kernel with stride 1 and padding (0, 1, 1) (got "
+                             f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)})")
+        return WinogradConv(weight, bias, activation)
+    if chosen == "cpu" and variant == "auto":
+        if winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype) \
+                and winograd_wins(x.shape, weight.shape):
+            return WinogradConv(weight, bias, activation)
+        if winograd_time_wins(x, weight.shape, stride, padding, dilation):
+            return WinogradTimeConv(*geometry, x)
     if chosen == "cpu":
         # oneDNN runs a temporal Kx1x1 conv faster as the (K, 1) 2D conv over [N, C, T, H*W] (2 cores, fp32,
         # batch 1: Slow 1024->256 3x1x1 at 8x14x14 8.86 -> 6.53 ms, 1280->512 22.3 -> 16.4 ms; every temporal

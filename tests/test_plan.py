@@ -37,7 +37,7 @@ def _truth(x, weight, bias, s, p, d, residual, activation):
 
 
 @NATIVE
-@pytest.mark.parametrize("variant", ["3d", "2d", "winograd_time"])
+@pytest.mark.parametrize("variant", ["3d", "2d", "winograd", "winograd_time"])
 @pytest.mark.parametrize("residual,scratch", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("activation", ["relu", "none"])
 @pytest.mark.parametrize("shape,kind", SHAPES, ids=[f"{s[6]}s{s[7][1]}t{s[7][0]}" for s, _ in SHAPES])
@@ -48,9 +48,10 @@ def test_cpu_runner_matches_conv3d(shape, kind, variant, residual, scratch, acti
         with pytest.raises(ValueError, match="variant '2d' needs"):
             make_runner(weight, bias, s, p, d, activation, x, "cpu", variant="2d")
         return
-    if variant == "winograd_time" and (tuple(weight.shape[2:]), s, p) != ((3, 1, 1), (1, 1, 1), (1, 0, 0)):
-        with pytest.raises(ValueError, match="variant 'winograd_time' needs"):
-            make_runner(weight, bias, s, p, d, activation, x, "cpu", variant="winograd_time")
+    needs = {"winograd": ((1, 3, 3), (1, 1, 1), (0, 1, 1)), "winograd_time": ((3, 1, 1), (1, 1, 1), (1, 0, 0))}
+    if variant in needs and (tuple(weight.shape[2:]), s, p) != needs[variant]:
+        with pytest.raises(ValueError, match=f"variant '{variant}' needs"):
+            make_runner(weight, bias, s, p, d, activation, x, "cpu", variant=variant)
         return
     runner = make_runner(weight, bias, s, p, d, activation, x, "cpu", variant=variant)
     out_shape = torch.nn.functional.conv3d(x, weight, None, s, p, d).shape
