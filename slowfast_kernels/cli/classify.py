@@ -188,6 +188,7 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
     if results is not None:
         results.open()
 
+    torch.manual_seed(0)  # without a checkpoint, the same random weights in every rank and every run
     model = source.build(head_act="softmax", train_crop=args.train_crop)
     source.state = None  # the weights live in the model now
     cfg = model.config
