@@ -217,7 +217,7 @@ void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<a
     tb = std::max(kMinBlockTiles, kDefaultBlockBytes / per_tile_bytes);
     tb = std::max<int64_t>(1, std::min(tb, (g.tiles + threads - 1) / threads));
   }
-  const int64_t co_step = (g.Co / 16 + splits - 1) / splits * 16;  // whole vectors per split
+  const int64_t co_step = ((g.Co + 15) / 16 + splits - 1) / splits * 16;  // whole vectors per split
   splits = (g.Co + co_step - 1) / co_step;
   const int64_t blocks = (g.tiles + tb - 1) / tb;
   const int64_t workers = std::min(threads, blocks * splits);
