@@ -58,17 +58,29 @@ def _check(y, truth, tile):
     torch.testing.assert_close(y.double(), truth, rtol=0, atol=TOL[tile] * scale)
 
 
+def _matches_conv3d(shape, layout, activation, tile, portable):
+    x, weight, bias, residual = _case(shape)
+    packed = conv3d_winograd_weight(weight, tile)
+    y = conv3d_winograd(_layout(x, layout), packed, bias, activation, portable=portable)
+    _check(y, _truth(x, weight, bias, activation, None), tile)
+    y = conv3d_winograd(_layout(x, layout), packed, None, activation, residual=_layout(residual, layout),
+                        portable=portable)
+    _check(y, _truth(x, weight, None, activation, residual), tile)
+
+
 @pytest.mark.parametrize("tile", [4, 2])
 @pytest.mark.parametrize("activation", ["relu", "none"])
 @pytest.mark.parametrize("layout", ["ncdhw", "channels_last", "strided"])
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_matches_conv3d(shape, layout, activation, tile):
-    x, weight, bias, residual = _case(shape)
-    packed = conv3d_winograd_weight(weight, tile)
-    y = conv3d_winograd(_layout(x, layout), packed, bias, activation)
-    _check(y, _truth(x, weight, bias, activation, None), tile)
-    y = conv3d_winograd(_layout(x, layout), packed, None, activation, residual=_layout(residual, layout))
-    _check(y, _truth(x, weight, None, activation, residual), tile)
+    _matches_conv3d(shape, layout, activation, tile, portable=False)
+
+
+@pytest.mark.parametrize("tile", [4, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_portable_matches_conv3d(shape, tile):
+    """The loop the library runs on CPUs without AVX-512."""
+    _matches_conv3d(shape, "channels_last", "relu", tile, portable=True)
 
 
 @pytest.mark.parametrize("tile_block", [1, 5, 64])
@@ -112,9 +124,9 @@ def test_weight_transform_and_opcheck():
     ops = torch.ops.slowfast_kernels
     x = x.contiguous(memory_format=CL)
     torch.library.opcheck(ops.conv3d_winograd_weight, (weight, 4))
-    torch.library.opcheck(ops.conv3d_winograd, (x, packed, bias, "relu", residual, 0))
+    torch.library.opcheck(ops.conv3d_winograd, (x, packed, bias, "relu", residual, 0, False))
     out = torch.empty(residual.shape).contiguous(memory_format=CL)
-    torch.library.opcheck(ops.conv3d_winograd_out, (x, packed, None, "none", None, 0, out))
+    torch.library.opcheck(ops.conv3d_winograd_out, (x, packed, None, "none", None, 0, False, out))
 
 
 def test_bad_input_is_named():

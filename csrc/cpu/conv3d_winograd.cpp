@@ -185,7 +185,7 @@ void validate(const at::Tensor& x, const at::Tensor& packed, const c10::optional
 
 void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
          c10::string_view activation, const c10::optional<at::Tensor>& residual_in, int64_t tile_block,
-         const at::Tensor& out) {
+         bool force_portable, const at::Tensor& out) {
   if (out.numel() == 0) return;
   const at::Tensor x = channels_innermost(x_in);
   const bool has_residual = residual_in.has_value() && residual_in->defined();
@@ -223,7 +223,7 @@ void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<a
   const int64_t workers = std::min(threads, blocks * splits);
   at::Tensor scratch = at::empty({workers, a2 * tb * (g.C + std::min(co_step, g.Co))}, x.options());
 
-  const bool avx = __builtin_cpu_supports("avx512f");
+  const bool avx = !force_portable && __builtin_cpu_supports("avx512f");
   const bool relu = activation == "relu";
   const float* xp = x.data_ptr<float>();
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
@@ -267,16 +267,16 @@ std::vector<int64_t> output_shape(const at::Tensor& x, const at::Tensor& packed)
 
 at::Tensor conv3d_winograd_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                                c10::string_view activation, const c10::optional<at::Tensor>& residual,
-                               int64_t tile_block) {
+                               int64_t tile_block, bool force_portable) {
   validate(x, packed, bias, activation, residual, tile_block);
   at::Tensor out = at::empty(output_shape(x, packed), x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
-  run(x, packed, bias, activation, residual, tile_block, out);
+  run(x, packed, bias, activation, residual, tile_block, force_portable, out);
   return out;
 }
 
 void conv3d_winograd_out_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                              c10::string_view activation, const c10::optional<at::Tensor>& residual,
-                             int64_t tile_block, const at::Tensor& out) {
+                             int64_t tile_block, bool force_portable, const at::Tensor& out) {
   validate(x, packed, bias, activation, residual, tile_block);
   const auto shape = output_shape(x, packed);
   SFK_CHECK(out.sizes() == at::IntArrayRef(shape), "out: expected shape ", at::IntArrayRef(shape), ", got ",
@@ -290,7 +290,7 @@ void conv3d_winograd_out_cpu(const at::Tensor& x, const at::Tensor& packed, cons
     SFK_CHECK(residual->data_ptr() == out.data_ptr() && residual->strides() == out.strides(),
               "residual: may be out itself, but must not partly overlap it");
   }
-  run(x, packed, bias, activation, residual, tile_block, out);
+  run(x, packed, bias, activation, residual, tile_block, force_portable, out);
 }
 
 }  // namespace

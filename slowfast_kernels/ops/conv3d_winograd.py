@@ -44,20 +44,21 @@ def conv3d_winograd_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
 
 def conv3d_winograd(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None,
                     activation: str = "relu", residual: Optional[torch.Tensor] = None,
-                    out: Optional[torch.Tensor] = None, tile_block: int = 0) -> torch.Tensor:
+                    out: Optional[torch.Tensor] = None, tile_block: int = 0, portable: bool = False) -> torch.Tensor:
     """act(conv3d(x, W, padding (0, 1, 1)) + bias + residual) with packed = conv3d_winograd_weight(W).
 
     x [N, C_in, T, H, W] float32 CPU, any layout (channels-innermost is read in place, others are copied);
     bias [C_out] or None; residual [N, C_out, T, H, W] or None (may be `out` itself); activation "relu" |
     "none"; out: a channels_last_3d [N, C_out, T, H, W] float32 tensor to write, not overlapping x.
-    Returns out, or a new channels_last_3d tensor. tile_block: output tiles per GEMM block (0: automatic).
+    Returns out, or a new channels_last_3d tensor. tile_block: output tiles per GEMM block (0: automatic);
+    portable=True skips the AVX-512 transforms (for tests: both must agree).
     """
     if _ext.LOAD_ERROR is not None:
         raise RuntimeError(f"conv3d_winograd: {_ext.LOAD_ERROR}")
     ops = torch.ops.slowfast_kernels
     if out is None:
-        return ops.conv3d_winograd(x, packed, bias, activation, residual, tile_block)
-    ops.conv3d_winograd_out(x, packed, bias, activation, residual, tile_block, out)
+        return ops.conv3d_winograd(x, packed, bias, activation, residual, tile_block, portable)
+    ops.conv3d_winograd_out(x, packed, bias, activation, residual, tile_block, portable, out)
     return out
 
 
@@ -103,10 +104,10 @@ if _ext.LOAD_ERROR is None:
         return weight.new_empty(((tile + 2) ** 2, weight.shape[1], weight.shape[0]), dtype=torch.float32)
 
     @torch.library.register_fake("slowfast_kernels::conv3d_winograd")
-    def _fake(x, packed, bias, activation, residual=None, tile_block=0):
+    def _fake(x, packed, bias, activation, residual=None, tile_block=0, portable=False):
         shape = (x.shape[0], packed.shape[2], *x.shape[2:])
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
 
     @torch.library.register_fake("slowfast_kernels::conv3d_winograd_out")
-    def _fake_out(x, packed, bias, activation, residual, tile_block, out):
+    def _fake_out(x, packed, bias, activation, residual, tile_block, portable, out):
         return None
