@@ -160,6 +160,8 @@ def test_bad_input_is_named():
         conv3d_winograd(same, conv3d_winograd_weight(torch.randn(19, 19, 1, 3, 3)), None, out=same)
     with pytest.raises(ValueError, match="weight: expected"):
         WinogradConv(torch.randn(8, 4, 3, 3, 3), None)
+    with pytest.raises(ValueError, match="tile: expected one of"):
+        WinogradConv(weight, None, tile=3)
 
 
 def test_supports_and_rule():

@@ -5,8 +5,24 @@ F(4x4, 3x3) does 36 products per 16 outputs where a direct conv does 144; the pr
 [tiles, C_in] x [C_in, C_out] over the N * T frames (csrc/cpu/conv3d_winograd.cpp). The filter is
 transformed once (`conv3d_winograd_weight`); `WinogradConv` is the fused model's runner for it.
 
-Measured (2 cores, AMD EPYC AVX-512, batch 1, fp32, under load from other jobs; medians of interleaved
-runs, benchmarks/bench_conv3d_winograd.py): see `winograd_wins` for the table behind the rule.
+Speed: see `winograd_wins` for the measured table behind the shape rule.
+
+Accuracy (benchmarks/bench_conv3d_winograd.py, every R50 8x8 conv_b shape, post-BN-like input = ReLU of a
+normal, He-scaled weight, no ReLU on the output; max |y - y_float64| / max |y_float64|):
+
+    layer (C -> C, T, HxW)    oneDNN fp32   F(4x4) fp32   F(2x2) fp32
+    Slow res2 64,  8, 56      8.1e-07       6.1e-06       3.5e-07
+    Slow res3 128, 8, 28      1.1e-06       7.9e-06       5.1e-07
+    Slow res4 256, 8, 14      1.4e-06       6.3e-06       3.4e-07
+    Slow res5 512, 8, 7       2.2e-06       9.0e-06       4.3e-07
+    Fast res4 32, 32, 14      5.2e-07       4.1e-06       2.2e-07
+    Fast res5 64, 32, 7       6.7e-07       4.9e-06       3.3e-07
+
+F(4x4) rounds ~4-7x more than oneDNN's direct conv (its transforms scale values by up to 8 and 1/24) but
+stays ~10x below the fused model's 1e-4 tolerance per layer; F(2x2) rounds less than oneDNN. End to end
+(SlowFast R50 8x8, 224, batch 1, random weights, logits against the float64 reference model), with every
+conv_b of >= 32 channels on F(4x4): max relative error 2.5e-07, oneDNN alone 3.3e-07. So F(4x4) is the
+default (`tile=4`); `tile=2` is there for inputs where accuracy matters more than the ~1.3x.
 """
 from __future__ import annotations
 
@@ -16,7 +32,7 @@ import torch
 
 from .. import _ext
 
-TILES = (4, 2)
+TILES = (4, 2)  # F(4x4, 3x3) and F(2x2, 3x3)
 
 
 def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], stride, padding, dilation,
@@ -29,7 +45,27 @@ def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], strid
 
 
 def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
-    """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv."""
+    """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv when C_in and
+    C_out are both >= 32.
+
+    Measured on 2 cores (AMD EPYC, AVX-512) shared with other jobs, so under load: medians (min) of 40 runs
+    interleaved with oneDNN (plan.OneDNNConv, packed weight) in one process, fp32, batch 1, bias + ReLU,
+    benchmarks/bench_conv3d_winograd.py. 1 thread is the steadier column: with 2 threads a call often waited
+    a scheduler time slice for its second thread (medians of the Fast layers jumped to ~9-12 ms whatever ran).
+
+        conv_b (C -> C, T, HxW)    1 thread: oneDNN   F(4x4)        F(2x2)    | 2 threads: oneDNN  F(4x4)
+        Slow res2 64,  8, 56       23.9 (16.4)        12.8 (8.3)    18.2      |  32.5 (22.0)   21.7 (8.6)
+        Slow res3 128, 8, 28       25.9 (20.0)        11.5 (6.9)    16.6      |  33.6 (24.3)   17.8 (11.6)
+        Slow res4 256, 8, 14       23.6 (15.4)        14.0 (9.1)    15.3      |  26.9 (21.9)   23.5 (13.2)
+        Slow res5 512, 8, 7        22.2 (14.2)        17.0 (10.5)   22.6      |  25.9 (17.8)   23.7 (14.7)
+        Fast res2 8,  32, 56        3.1 (2.5)         12.0 (5.1)    15.7      |   9.8 (1.5)    12.6 (2.8)
+        Fast res3 16, 32, 28        1.6 (1.3)          1.8 (1.2)     2.3      |   1.0 (0.6)     1.1 (0.5)
+        Fast res4 32, 32, 14        1.3 (1.1)          1.1 (0.8)     1.0      |   8.8 (0.6)     8.8 (0.6)
+        Fast res5 64, 32, 7         1.0 (0.9)          0.8 (0.6)     1.0      |  11.8 (0.6)    11.7 (0.5)
+
+    (ms.) Below 32 channels the GEMMs are too thin (8 or 16 of a 16-lane vector, K = 8 or 16) to pay for the
+    transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
+    the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
     return c_in >= 32 and c_out >= 32
 
@@ -83,6 +119,8 @@ class WinogradConv:
                  tile: int = 4) -> None:
         if tuple(weight.shape[2:]) != (1, 3, 3) or weight.dim() != 5:
             raise ValueError(f"WinogradConv: weight: expected [C_out, C_in, 1, 3, 3], got {tuple(weight.shape)}")
+        if tile not in TILES:
+            raise ValueError(f"WinogradConv: tile: expected one of {TILES}, got {tile}")
         if activation not in ("relu", "none"):
             raise ValueError(f"WinogradConv: activation: expected 'relu' or 'none', got {activation!r}")
         self.packed = conv3d_winograd_weight(weight.detach().float(), tile)
