@@ -54,16 +54,20 @@ def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     a scheduler time slice for its second thread (medians of the Fast layers jumped to ~9-12 ms whatever ran).
 
         conv_b (C -> C, T, HxW)    1 thread: oneDNN   F(4x4)        F(2x2)    | 2 threads: oneDNN  F(4x4)
-        Slow res2 64,  8, 56       23.9 (16.4)        12.8 (8.3)    18.2      |  32.5 (22.0)   21.7 (8.6)
-        Slow res3 128, 8, 28       25.9 (20.0)        11.5 (6.9)    16.6      |  33.6 (24.3)   17.8 (11.6)
-        Slow res4 256, 8, 14       23.6 (15.4)        14.0 (9.1)    15.3      |  26.9 (21.9)   23.5 (13.2)
-        Slow res5 512, 8, 7        22.2 (14.2)        17.0 (10.5)   22.6      |  25.9 (17.8)   23.7 (14.7)
-        Fast res2 8,  32, 56        3.1 (2.5)         12.0 (5.1)    15.7      |   9.8 (1.5)    12.6 (2.8)
-        Fast res3 16, 32, 28        1.6 (1.3)          1.8 (1.2)     2.3      |   1.0 (0.6)     1.1 (0.5)
-        Fast res4 32, 32, 14        1.3 (1.1)          1.1 (0.8)     1.0      |   8.8 (0.6)     8.8 (0.6)
-        Fast res5 64, 32, 7         1.0 (0.9)          0.8 (0.6)     1.0      |  11.8 (0.6)    11.7 (0.5)
+        Slow res2 64,  8, 56       24.8 (16.5)        13.0 (8.6)    20.2      | 33.9 (32.2)    24.8 (13.1)
+        Slow res3 128, 8, 28       24.9 (21.7)        13.0 (9.2)    18.5      | 32.1 (24.4)    24.2 (13.5)
+        Slow res4 256, 8, 14       23.9 (15.6)        14.1 (9.4)    16.7      | 33.6 (22.6)    23.9 (13.6)
+        Slow res5 512, 8, 7        22.2 (13.8)        16.0 (10.4)   23.0      | 24.2 (19.4)    23.6 (14.0)
+        Fast res2 8,  32, 56       6.5 (2.5)          8.9 (4.3)     11.4      | 11.4 (1.4)     12.8 (2.6)
+        Fast res3 16, 32, 28       1.4 (1.2)          1.5 (0.9)     2.1       | 12.1 (8.0)     11.9 (11.8)
+        Fast res4 32, 32, 14       1.1 (1.0)          0.8 (0.7)     0.9       | 12.0 (8.0)     11.9 (7.9)
+        Fast res5 64, 32, 7        1.1 (1.0)          0.9 (0.8)     1.3       | 11.9 (7.8)     12.1 (11.8)
 
-    (ms.) Below 32 channels the GEMMs are too thin (8 or 16 of a 16-lane vector, K = 8 or 16) to pay for the
+    (ms.) Summed over the model's stride-1 conv_b runs (res2..res5: 3, 3, 5, 2 per pathway): 1 thread
+    oneDNN 344.9 ms, F(4x4) 217.5 ms (F(4x4) on every layer, Fast res2 / res3 included); 2 threads 568.5 vs
+    471.8 ms. End to end, the fused model with the 20 such layers of >= 32 channels on F(4x4) (make_runner
+    patched in a script; 1 thread, under load, 10 interleaved forwards): 1517 -> 1397 ms median.
+    Below 32 channels the GEMMs are too thin (8 or 16 of a 16-lane vector, K = 8 or 16) to pay for the
     transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
     the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
