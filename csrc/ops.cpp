@@ -47,14 +47,14 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   // conv3d_winograd_weight: weight [C_out, C_in, 1, 3, 3] -> transformed filter [(tile + 2)^2, C_in, C_out]
   // for F(tile x tile, 3 x 3), tile 4 or 2. conv3d_winograd: act(conv(x) + bias + residual), x [N, C_in, T,
   // H, W] in any layout (channels-innermost read in place), out channels_last_3d; tile_block: output tiles
-  // per GEMM block (0: from the cache budget). The _out form writes into out (residual may be out itself).
+  // per GEMM block (0: from the cache budget); portable: skip the AVX-512 path (tests compare both). The _out form writes into out (residual may be out itself).
   m.def("conv3d_winograd_weight(Tensor weight, int tile=4) -> Tensor");
   m.def(
       "conv3d_winograd(Tensor x, Tensor packed, Tensor? bias, str activation, Tensor? residual=None, "
-      "int tile_block=0) -> Tensor");
+      "int tile_block=0, bool portable=False) -> Tensor");
   m.def(
       "conv3d_winograd_out(Tensor x, Tensor packed, Tensor? bias, str activation, Tensor? residual, "
-      "int tile_block, Tensor(a!) out) -> ()");
+      "int tile_block, bool portable, Tensor(a!) out) -> ()");
   // The CPU buffer cache (csrc/cpu/buffer_cache.cpp): c10's CPU allocator keeps freed activation blocks
   // for reuse while enabled. enable returns the previous state; clear frees the cached blocks (bytes).
   m.def("cpu_buffer_cache_enable(bool enabled) -> bool");

@@ -18,8 +18,10 @@ SHAPES = [
     (1, 16, 2, 1, 1, 16),     # one pixel: every tap but the centre is padding
     (2, 5, 3, 2, 3, 33),      # smaller than one F(4x4) tile
     (1, 32, 2, 9, 17, 48),    # whole 16-channel vectors, several tiles per row
+    (2, 8, 5, 6, 10, 5),      # fewer than 16 channels in and out (the Fast pathway's res2 has 8)
+    (1, 260, 1, 5, 6, 20),    # over 256 input channels: MKL's GEMM instead of the AVX-512 kernel
 ]
-IDS = ["19-37_7x9", "37-19_13x11", "1x1", "2x3", "32-48_9x17"]
+IDS = ["19-37_7x9", "37-19_13x11", "1x1", "2x3", "32-48_9x17", "8-5_6x10", "260-20_5x6"]
 # F(4x4, 3x3) in fp32 rounds more than a direct conv (the transforms scale values by up to ~10); both stay
 # within these bounds relative to the output's magnitude at these sizes (see ops/conv3d_winograd.py).
 TOL = {4: 2e-5, 2: 5e-6}
@@ -57,17 +59,29 @@ def _check(y, truth, tile):
     torch.testing.assert_close(y.double(), truth, rtol=0, atol=TOL[tile] * scale)
 
 
+def _matches_conv3d(shape, layout, activation, tile, portable):
+    x, weight, bias, residual = _case(shape)
+    packed = conv3d_winograd_weight(weight, tile)
+    y = conv3d_winograd(_layout(x, layout), packed, bias, activation, portable=portable)
+    _check(y, _truth(x, weight, bias, activation, None), tile)
+    y = conv3d_winograd(_layout(x, layout), packed, None, activation, residual=_layout(residual, layout),
+                        portable=portable)
+    _check(y, _truth(x, weight, None, activation, residual), tile)
+
+
 @pytest.mark.parametrize("tile", [4, 2])
 @pytest.mark.parametrize("activation", ["relu", "none"])
 @pytest.mark.parametrize("layout", ["ncdhw", "channels_last", "strided"])
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_matches_conv3d(shape, layout, activation, tile):
-    x, weight, bias, residual = _case(shape)
-    packed = conv3d_winograd_weight(weight, tile)
-    y = conv3d_winograd(_layout(x, layout), packed, bias, activation)
-    _check(y, _truth(x, weight, bias, activation, None), tile)
-    y = conv3d_winograd(_layout(x, layout), packed, None, activation, residual=_layout(residual, layout))
-    _check(y, _truth(x, weight, None, activation, residual), tile)
+    _matches_conv3d(shape, layout, activation, tile, portable=False)
+
+
+@pytest.mark.parametrize("tile", [4, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_portable_matches_conv3d(shape, tile):
+    """The loop the library runs on CPUs without AVX-512."""
+    _matches_conv3d(shape, "channels_last", "relu", tile, portable=True)
 
 
 @pytest.mark.parametrize("tile_block", [1, 5, 64])
@@ -111,9 +125,9 @@ def test_weight_transform_and_opcheck():
     ops = torch.ops.slowfast_kernels
     x = x.contiguous(memory_format=CL)
     torch.library.opcheck(ops.conv3d_winograd_weight, (weight, 4))
-    torch.library.opcheck(ops.conv3d_winograd, (x, packed, bias, "relu", residual, 0))
+    torch.library.opcheck(ops.conv3d_winograd, (x, packed, bias, "relu", residual, 0, False))
     out = torch.empty(residual.shape).contiguous(memory_format=CL)
-    torch.library.opcheck(ops.conv3d_winograd_out, (x, packed, None, "none", None, 0, out))
+    torch.library.opcheck(ops.conv3d_winograd_out, (x, packed, None, "none", None, 0, False, out))
 
 
 def test_bad_input_is_named():
@@ -147,6 +161,8 @@ def test_bad_input_is_named():
         conv3d_winograd(same, conv3d_winograd_weight(torch.randn(19, 19, 1, 3, 3)), None, out=same)
     with pytest.raises(ValueError, match="weight: expected"):
         WinogradConv(torch.randn(8, 4, 3, 3, 3), None)
+    with pytest.raises(ValueError, match="tile: expected one of"):
+        WinogradConv(weight, None, tile=3)
 
 
 def test_supports_and_rule():

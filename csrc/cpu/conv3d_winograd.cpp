@@ -7,8 +7,8 @@
 //
 // Each thread runs whole blocks of output tiles (blocks keep V and M near its core; see kDefaultBlockBytes):
 //   1. input transform: V[k][tile][c_in] (16 channels per vector),
-//   2. one batched GEMM M_k = V_k U_k (at::bmm_out on this thread: MKL; 70-100 GFLOP/s per core here, a
-//      plain 8x32 AVX-512 register-blocked kernel of ours ran half as fast),
+//   2. the GEMMs M_k = V_k U_k on this thread: an 8 x 32 register-blocked AVX-512 kernel (block_gemms) up to
+//      256 input channels, MKL's batched GEMM (at::bmm_out) above and without AVX-512,
 //   3. output transform: A^T M A + bias (+ residual), ReLU, into NDHWC.
 // The filter transform U = G g G^T is computed once (conv3d_winograd_weight, in float64, rounded once).
 //
@@ -60,6 +60,60 @@ struct Vec {
 
 #include "conv3d_winograd_tiles.h"
 
+// M[i][0, n) = sum_k A[i][k] B[k][0, n) for R rows of A (row stride lda) and n <= 32 columns of B and M
+// (row strides ldb, ldm): 2R zmm accumulators, B's two vectors loaded once per k for R broadcast FMAs.
+template <int R>
+inline void gemm_rows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* Mrow, int64_t ldm,
+                      int n) {
+  const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  const __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
+  __m512 acc0[R], acc1[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb);
+    const __m512 b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(Mrow + r * ldm, m0, acc0[r]);
+    _mm512_mask_storeu_ps(Mrow + r * ldm + 16, m1, acc1[r]);
+  }
+}
+
+// M_k = V_k U_k for the a^2 products of one block: V [a2][nb][C], U [a2][C][ldu] (columns [0, Co) used),
+// M [a2][nb][Co]. Column panels of 32 outer: a panel of U_k (C x 32) is reused by all rows.
+inline void block_gemms(const float* V, const float* U, int64_t ldu, float* Mt, int64_t a2, int64_t nb, int64_t C,
+                        int64_t Co) {
+  constexpr int kRows = 8;
+  for (int64_t k = 0; k < a2; ++k) {
+    const float* A = V + k * nb * C;
+    const float* B = U + k * C * ldu;
+    float* Mk = Mt + k * nb * Co;
+    for (int64_t j = 0; j < Co; j += 32) {
+      const int n = static_cast<int>(std::min<int64_t>(32, Co - j));
+      int64_t i = 0;
+      for (; i + kRows <= nb; i += kRows) gemm_rows<kRows>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n);
+      switch (nb - i) {
+        case 7: gemm_rows<7>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        case 6: gemm_rows<6>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        case 5: gemm_rows<5>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        case 4: gemm_rows<4>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        case 3: gemm_rows<3>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        case 2: gemm_rows<2>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        case 1: gemm_rows<1>(A + i * C, C, B + j, ldu, C, Mk + i * Co + j, Co, n); break;
+        default: break;
+      }
+    }
+  }
+}
+
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -106,6 +160,10 @@ struct Vec {
 // here), but at least kMinBlockTiles: every block streams all of U (9.4 MB for 256 -> 256 channels), and
 // blocks of 8-32 tiles ran res4 / res5 conv_b 1.3-2x slower than 32-64 (1 thread, under load).
 constexpr int64_t kMinBlockTiles = 64;
+// Our GEMM (block_gemms) up to this many input channels, MKL's (at::bmm_out) above. 1 thread, interleaved,
+// under load: ours 7.8 / 6.8 / 10.5 ms on Slow res2 / res3 / res4 conv_b where bmm took 8.9 / 8.7 / 12.7;
+// on res5 (512 channels) bmm 11.1 ms, ours 12.2.
+constexpr int64_t kOwnGemmMaxCin = 256;
 constexpr int64_t kDefaultBlockBytes = int64_t(1) << 20;
 
 // G (a x 3) of F(m x m, 3 x 3): U = G g G^T.
@@ -185,7 +243,7 @@ void validate(const at::Tensor& x, const at::Tensor& packed, const c10::optional
 
 void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
          c10::string_view activation, const c10::optional<at::Tensor>& residual_in, int64_t tile_block,
-         const at::Tensor& out) {
+         bool force_portable, const at::Tensor& out) {
   if (out.numel() == 0) return;
   const at::Tensor x = channels_innermost(x_in);
   const bool has_residual = residual_in.has_value() && residual_in->defined();
@@ -223,7 +281,9 @@ void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<a
   const int64_t workers = std::min(threads, blocks * splits);
   at::Tensor scratch = at::empty({workers, a2 * tb * (g.C + std::min(co_step, g.Co))}, x.options());
 
-  const bool avx = __builtin_cpu_supports("avx512f");
+  const bool avx = !force_portable && __builtin_cpu_supports("avx512f");
+  const bool own_gemm = avx && g.C <= kOwnGemmMaxCin;
+  const float* up = packed.data_ptr<float>();
   const bool relu = activation == "relu";
   const float* xp = x.data_ptr<float>();
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
@@ -246,10 +306,13 @@ void run(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<a
         }
         transformed = blk;
       }
-      // Inside the parallel region bmm runs on this thread alone.
-      at::Tensor Mb = at::from_blob(mp, {a2, nb, co1 - co0}, x.options());
-      const at::Tensor Ub = splits == 1 ? packed : packed.narrow(2, co0, co1 - co0);
-      at::bmm_out(Mb, at::from_blob(vp, {a2, nb, g.C}, x.options()), Ub);
+      if (own_gemm) {
+        avx512::block_gemms(vp, up + co0, g.Co, mp, a2, nb, g.C, co1 - co0);
+      } else {  // inside the parallel region bmm runs on this thread alone
+        at::Tensor Mb = at::from_blob(mp, {a2, nb, co1 - co0}, x.options());
+        const at::Tensor Ub = splits == 1 ? packed : packed.narrow(2, co0, co1 - co0);
+        at::bmm_out(Mb, at::from_blob(vp, {a2, nb, g.C}, x.options()), Ub);
+      }
       if (m == 4) {
         avx ? avx512::output_tiles<4>(mp, g, p0, p1, nb, co0, co1, bp, rp, relu, yp)
             : portable::output_tiles<4>(mp, g, p0, p1, nb, co0, co1, bp, rp, relu, yp);
@@ -267,16 +330,16 @@ std::vector<int64_t> output_shape(const at::Tensor& x, const at::Tensor& packed)
 
 at::Tensor conv3d_winograd_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                                c10::string_view activation, const c10::optional<at::Tensor>& residual,
-                               int64_t tile_block) {
+                               int64_t tile_block, bool force_portable) {
   validate(x, packed, bias, activation, residual, tile_block);
   at::Tensor out = at::empty(output_shape(x, packed), x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
-  run(x, packed, bias, activation, residual, tile_block, out);
+  run(x, packed, bias, activation, residual, tile_block, force_portable, out);
   return out;
 }
 
 void conv3d_winograd_out_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                              c10::string_view activation, const c10::optional<at::Tensor>& residual,
-                             int64_t tile_block, const at::Tensor& out) {
+                             int64_t tile_block, bool force_portable, const at::Tensor& out) {
   validate(x, packed, bias, activation, residual, tile_block);
   const auto shape = output_shape(x, packed);
   SFK_CHECK(out.sizes() == at::IntArrayRef(shape), "out: expected shape ", at::IntArrayRef(shape), ", got ",
@@ -290,7 +353,7 @@ void conv3d_winograd_out_cpu(const at::Tensor& x, const at::Tensor& packed, cons
     SFK_CHECK(residual->data_ptr() == out.data_ptr() && residual->strides() == out.strides(),
               "residual: may be out itself, but must not partly overlap it");
   }
-  run(x, packed, bias, activation, residual, tile_block, out);
+  run(x, packed, bias, activation, residual, tile_block, force_portable, out);
 }
 
 }  // namespace

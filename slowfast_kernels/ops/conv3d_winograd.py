@@ -5,8 +5,24 @@ F(4x4, 3x3) does 36 products per 16 outputs where a direct conv does 144; the pr
 [tiles, C_in] x [C_in, C_out] over the N * T frames (csrc/cpu/conv3d_winograd.cpp). The filter is
 transformed once (`conv3d_winograd_weight`); `WinogradConv` is the fused model's runner for it.
 
-Measured (2 cores, AMD EPYC AVX-512, batch 1, fp32, under load from other jobs; medians of interleaved
-runs, benchmarks/bench_conv3d_winograd.py): see `winograd_wins` for the table behind the rule.
+Speed: see `winograd_wins` for the measured table behind the shape rule.
+
+Accuracy (benchmarks/bench_conv3d_winograd.py, every R50 8x8 conv_b shape, post-BN-like input = ReLU of a
+normal, He-scaled weight, no ReLU on the output; max |y - y_float64| / max |y_float64|):
+
+    layer (C -> C, T, HxW)    oneDNN fp32   F(4x4) fp32   F(2x2) fp32
+    Slow res2 64,  8, 56      8.1e-07       6.1e-06       3.5e-07
+    Slow res3 128, 8, 28      1.1e-06       7.9e-06       5.1e-07
+    Slow res4 256, 8, 14      1.4e-06       6.3e-06       3.4e-07
+    Slow res5 512, 8, 7       2.2e-06       9.0e-06       4.3e-07
+    Fast res4 32, 32, 14      5.2e-07       4.1e-06       2.2e-07
+    Fast res5 64, 32, 7       6.7e-07       4.9e-06       3.3e-07
+
+F(4x4) rounds ~4-7x more than oneDNN's direct conv (its transforms scale values by up to 8 and 1/24) but
+stays ~10x below the fused model's 1e-4 tolerance per layer; F(2x2) rounds less than oneDNN. End to end
+(SlowFast R50 8x8, 224, batch 1, random weights, logits against the float64 reference model), with every
+conv_b of >= 32 channels on F(4x4): max relative error 2.5e-07, oneDNN alone 3.3e-07. So F(4x4) is the
+default (`tile=4`); `tile=2` is there for inputs where accuracy matters more than the ~1.3x.
 """
 from __future__ import annotations
 
@@ -16,7 +32,7 @@ import torch
 
 from .. import _ext
 
-TILES = (4, 2)
+TILES = (4, 2)  # F(4x4, 3x3) and F(2x2, 3x3)
 
 
 def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], stride, padding, dilation,
@@ -29,7 +45,31 @@ def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], strid
 
 
 def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
-    """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv."""
+    """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv when C_in and
+    C_out are both >= 32.
+
+    Measured on 2 cores (AMD EPYC, AVX-512) shared with other jobs, so under load: medians (min) of 40 runs
+    interleaved with oneDNN (plan.OneDNNConv, packed weight) in one process, fp32, batch 1, bias + ReLU,
+    benchmarks/bench_conv3d_winograd.py. 1 thread is the steadier column: with 2 threads a call often waited
+    a scheduler time slice for its second thread (medians of the Fast layers jumped to ~9-12 ms whatever ran).
+
+        conv_b (C -> C, T, HxW)    1 thread: oneDNN   F(4x4)        F(2x2)    | 2 threads: oneDNN  F(4x4)
+        Slow res2 64,  8, 56       24.8 (16.5)        13.0 (8.6)    20.2      | 33.9 (32.2)    24.8 (13.1)
+        Slow res3 128, 8, 28       24.9 (21.7)        13.0 (9.2)    18.5      | 32.1 (24.4)    24.2 (13.5)
+        Slow res4 256, 8, 14       23.9 (15.6)        14.1 (9.4)    16.7      | 33.6 (22.6)    23.9 (13.6)
+        Slow res5 512, 8, 7        22.2 (13.8)        16.0 (10.4)   23.0      | 24.2 (19.4)    23.6 (14.0)
+        Fast res2 8,  32, 56       6.5 (2.5)          8.9 (4.3)     11.4      | 11.4 (1.4)     12.8 (2.6)
+        Fast res3 16, 32, 28       1.4 (1.2)          1.5 (0.9)     2.1       | 12.1 (8.0)     11.9 (11.8)
+        Fast res4 32, 32, 14       1.1 (1.0)          0.8 (0.7)     0.9       | 12.0 (8.0)     11.9 (7.9)
+        Fast res5 64, 32, 7        1.1 (1.0)          0.9 (0.8)     1.3       | 11.9 (7.8)     12.1 (11.8)
+
+    (ms.) Summed over the model's stride-1 conv_b runs (res2..res5: 3, 3, 5, 2 per pathway): 1 thread
+    oneDNN 344.9 ms, F(4x4) 217.5 ms (F(4x4) on every layer, Fast res2 / res3 included); 2 threads 568.5 vs
+    471.8 ms. End to end, the fused model with the 20 such layers of >= 32 channels on F(4x4) (make_runner
+    patched in a script; 1 thread, under load, 10 interleaved forwards): 1517 -> 1397 ms median.
+    Below 32 channels the GEMMs are too thin (8 or 16 of a 16-lane vector, K = 8 or 16) to pay for the
+    transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
+    the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
     return c_in >= 32 and c_out >= 32
 
@@ -44,20 +84,21 @@ def conv3d_winograd_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
 
 def conv3d_winograd(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None,
                     activation: str = "relu", residual: Optional[torch.Tensor] = None,
-                    out: Optional[torch.Tensor] = None, tile_block: int = 0) -> torch.Tensor:
+                    out: Optional[torch.Tensor] = None, tile_block: int = 0, portable: bool = False) -> torch.Tensor:
     """act(conv3d(x, W, padding (0, 1, 1)) + bias + residual) with packed = conv3d_winograd_weight(W).
 
     x [N, C_in, T, H, W] float32 CPU, any layout (channels-innermost is read in place, others are copied);
     bias [C_out] or None; residual [N, C_out, T, H, W] or None (may be `out` itself); activation "relu" |
     "none"; out: a channels_last_3d [N, C_out, T, H, W] float32 tensor to write, not overlapping x.
-    Returns out, or a new channels_last_3d tensor. tile_block: output tiles per GEMM block (0: automatic).
+    Returns out, or a new channels_last_3d tensor. tile_block: output tiles per GEMM block (0: automatic);
+    portable=True skips the AVX-512 transforms (for tests: both must agree).
     """
     if _ext.LOAD_ERROR is not None:
         raise RuntimeError(f"conv3d_winograd: {_ext.LOAD_ERROR}")
     ops = torch.ops.slowfast_kernels
     if out is None:
-        return ops.conv3d_winograd(x, packed, bias, activation, residual, tile_block)
-    ops.conv3d_winograd_out(x, packed, bias, activation, residual, tile_block, out)
+        return ops.conv3d_winograd(x, packed, bias, activation, residual, tile_block, portable)
+    ops.conv3d_winograd_out(x, packed, bias, activation, residual, tile_block, portable, out)
     return out
 
 
@@ -82,6 +123,8 @@ class WinogradConv:
                  tile: int = 4) -> None:
         if tuple(weight.shape[2:]) != (1, 3, 3) or weight.dim() != 5:
             raise ValueError(f"WinogradConv: weight: expected [C_out, C_in, 1, 3, 3], got {tuple(weight.shape)}")
+        if tile not in TILES:
+            raise ValueError(f"WinogradConv: tile: expected one of {TILES}, got {tile}")
         if activation not in ("relu", "none"):
             raise ValueError(f"WinogradConv: activation: expected 'relu' or 'none', got {activation!r}")
         self.packed = conv3d_winograd_weight(weight.detach().float(), tile)
@@ -103,10 +146,10 @@ if _ext.LOAD_ERROR is None:
         return weight.new_empty(((tile + 2) ** 2, weight.shape[1], weight.shape[0]), dtype=torch.float32)
 
     @torch.library.register_fake("slowfast_kernels::conv3d_winograd")
-    def _fake(x, packed, bias, activation, residual=None, tile_block=0):
+    def _fake(x, packed, bias, activation, residual=None, tile_block=0, portable=False):
         shape = (x.shape[0], packed.shape[2], *x.shape[2:])
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
 
     @torch.library.register_fake("slowfast_kernels::conv3d_winograd_out")
-    def _fake_out(x, packed, bias, activation, residual, tile_block, out):
+    def _fake_out(x, packed, bias, activation, residual, tile_block, portable, out):
         return None
