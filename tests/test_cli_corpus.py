@@ -71,6 +71,13 @@ def test_directory_and_list_inputs(corpus, capsys, tmp_path):
         assert [label for label, _ in r["top"]] == [label for label, _ in got[r["video"]]["top"]]
         torch.testing.assert_close([p for _, p in r["top"]], [p for _, p in got[r["video"]]["top"]],
                                    atol=1e-5, rtol=0)
+    # A list may name anything: a missing file and a directory are error lines of their own, the run goes on.
+    listing.write_text(f"{tmp_path / 'gone.mp4'}\n{root / 'videos' / 'b'}\n{good[1]}\n")
+    status, records, _ = _classify(["@" + str(listing), "--checkpoint", str(ckpt)], capsys)
+    got = by_video(records)
+    assert status == 3 and "top" in got[good[1]]
+    assert "no such file" in got[str(tmp_path / "gone.mp4")]["error"]
+    assert "is a directory" in got[str(root / "videos" / "b")]["error"]
 
 
 def test_resume_after_lost_lines_and_a_cut_last_line(corpus, capsys, tmp_path):
