@@ -24,7 +24,7 @@ import torch
 
 from . import options
 from .corpus import ResultsFile, encode, expand_inputs, read_results
-from .errors import EXIT_OK, EXIT_VIDEOS_FAILED, UsageError
+from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
 
 RANDOM_WEIGHTS = "random weights (no --checkpoint): the labels are meaningless"
 
