@@ -71,6 +71,13 @@ def test_directory_and_list_inputs(corpus, capsys, tmp_path):
         assert [label for label, _ in r["top"]] == [label for label, _ in got[r["video"]]["top"]]
         torch.testing.assert_close([p for _, p in r["top"]], [p for _, p in got[r["video"]]["top"]],
                                    atol=1e-5, rtol=0)
+    # A list may name anything: a missing file and a directory are error lines of their own, the run goes on.
+    listing.write_text(f"{tmp_path / 'gone.mp4'}\n{root / 'videos' / 'b'}\n{good[1]}\n")
+    status, records, _ = _classify(["@" + str(listing), "--checkpoint", str(ckpt)], capsys)
+    got = by_video(records)
+    assert status == 3 and "top" in got[good[1]]
+    assert "no such file" in got[str(tmp_path / "gone.mp4")]["error"]
+    assert "is a directory" in got[str(root / "videos" / "b")]["error"]
 
 
 def test_resume_after_lost_lines_and_a_cut_last_line(corpus, capsys, tmp_path):
@@ -148,3 +155,24 @@ def test_torchrun_two_gloo_processes_equal_one_process(corpus, capsys, tmp_path)
         if "top" in r:
             assert [label for label, _ in s["top"]] == [label for label, _ in r["top"]]
             torch.testing.assert_close([p for _, p in s["top"]], [p for _, p in r["top"]], atol=1e-5, rtol=0)
+
+
+def test_resume_from_the_part_files_of_a_killed_torchrun(corpus, capsys, tmp_path):
+    """A torchrun killed before its merge leaves OUTPUT.part-RANK files: the next run (any number of
+    processes) counts their videos as done, merges them into OUTPUT and removes them."""
+    root, videos, ckpt = corpus
+    out = tmp_path / "results.jsonl"
+    args = [str(root / "videos"), "--checkpoint", str(ckpt), "--output", str(out)]
+    assert _classify(args, capsys)[0] == 3
+    full = out.read_text().splitlines()
+    out.write_text("\n".join(full[:2]) + "\n")
+    # part-0: a line also in OUTPUT (killed during a merge), a new one, a cut-off one; part-3: from a wider run
+    (tmp_path / "results.jsonl.part-0").write_text(full[1] + "\n" + full[2] + "\n" + full[3][:20])
+    (tmp_path / "results.jsonl.part-3").write_text(full[4] + "\n")
+    status, _, err = _classify(args, capsys)
+    assert status == 3 and "resuming: 4 of 7 videos" in err
+    assert not list(tmp_path.glob("results.jsonl.part-*"))
+    lines = out.read_text().splitlines()
+    assert lines[:2] == full[:2]  # OUTPUT's lines stay; this run's and the parts' lines follow
+    assert full[2] in lines and full[4] in lines  # the parts' lines, merged as they were
+    assert sorted(by_video(json_lines(out.read_text()))) == sorted(r["video"] for r in json_lines("\n".join(full)))

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Deque, List, Optional, Tuple
 
@@ -24,7 +24,7 @@ import torch
 
 from . import options
 from .corpus import ResultsFile, encode, expand_inputs, read_results
-from .errors import EXIT_OK, EXIT_VIDEOS_FAILED, UsageError
+from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
 
 RANDOM_WEIGHTS = "random weights (no --checkpoint): the labels are meaningless"
 
@@ -36,7 +36,7 @@ class _Video:
     views: int
     scores: Optional[torch.Tensor] = None
     scored: int = 0
-    clips: list = field(default_factory=list)
+    failed: bool = False
 
 
 class _Distributed:
@@ -95,6 +95,10 @@ def _decode(path: str, num_frames: int, sampling_rate: int, temporal: int):
     return started, clips
 
 
+class _VideoError(Exception):
+    """A video whose views could not be packed: its line is an error line, the run goes on."""
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -128,9 +132,13 @@ class _Batcher:
             self.buffers = self._new_buffers()
         slot = len(self.owners)
         slow, fast = self.buffers
-        sk.pack_pathways(frames, index, self.cfg.alpha, size=self.args.size, crop=self.args.crop,
-                         spatial_idx=spatial_idx, dtype=self.fused_dtype, channels_last=True,
-                         backend=self.args.backend, out=(slow[slot], fast[slot]))
+        try:
+            sk.pack_pathways(frames, index, self.cfg.alpha, size=self.args.size, crop=self.args.crop,
+                             spatial_idx=spatial_idx, dtype=self.fused_dtype, channels_last=True,
+                             backend=self.args.backend, out=(slow[slot], fast[slot]))
+        except (ValueError, RuntimeError) as exc:  # frames this video cannot be packed from
+            video.failed = True
+            raise _VideoError(exc) from exc
         self.owners.append(video)
         if len(self.owners) == self.batch:
             self.run()
@@ -146,10 +154,9 @@ class _Batcher:
             # PySlowFast: the views' probabilities summed, in view order, then divided by the view count
             video.scores = probs[i].clone() if video.scores is None else video.scores + probs[i]
             video.scored += 1
-            if video.scored == video.views:
+            if video.scored == video.views and not video.failed:
                 self.emit(video)
-        self.owners = []
-        self.buffers = None if self.device.type != "cuda" else self.buffers
+        self.owners = []  # the buffers stay: the next batch packs into the same memory (no fresh pages)
 
 
 def run(args: argparse.Namespace, debug: bool) -> int:
@@ -244,10 +251,14 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
                 write({"video": path, "error": _error_text(exc)})
                 continue
             video = _Video(path, started, temporal * len(spatial))
-            for clip in clips:
-                frames, index = clip.frames.to(device, non_blocking=True), clip.index.to(device)
-                for s in spatial:
-                    batcher.add(video, frames, index, s)
+            try:
+                for clip in clips:
+                    frames, index = clip.frames.to(device, non_blocking=True), clip.index.to(device)
+                    for s in spatial:
+                        batcher.add(video, frames, index, s)
+            except _VideoError as exc:
+                failed += 1
+                write({"video": path, "error": _error_text(exc.__cause__)})
         batcher.run()
     bar.close()
     if results is not None:
