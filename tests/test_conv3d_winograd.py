@@ -19,9 +19,10 @@ SHAPES = [
     (2, 5, 3, 2, 3, 33),      # smaller than one F(4x4) tile
     (1, 32, 2, 9, 17, 48),    # whole 16-channel vectors, several tiles per row
     (2, 8, 5, 6, 10, 5),      # fewer than 16 channels in and out (the Fast pathway's res2 has 8)
+    (1, 100, 2, 5, 7, 24),    # over 64 input channels: the AVX-512 GEMM sums K in blocks
     (1, 260, 1, 5, 6, 20),    # over 256 input channels: MKL's GEMM instead of the AVX-512 kernel
 ]
-IDS = ["19-37_7x9", "37-19_13x11", "1x1", "2x3", "32-48_9x17", "8-5_6x10", "260-20_5x6"]
+IDS = ["19-37_7x9", "37-19_13x11", "1x1", "2x3", "32-48_9x17", "8-5_6x10", "100-24_5x7", "260-20_5x6"]
 # F(4x4, 3x3) in fp32 rounds more than a direct conv (the transforms scale values by up to ~10); both stay
 # within these bounds relative to the output's magnitude at these sizes (see ops/conv3d_winograd.py).
 TOL = {4: 2e-5, 2: 5e-6}

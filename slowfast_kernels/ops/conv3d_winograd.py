@@ -13,15 +13,17 @@ normal, He-scaled weight, no ReLU on the output; max |y - y_float64| / max |y_fl
     layer (C -> C, T, HxW)    oneDNN fp32   F(4x4) fp32   F(2x2) fp32
     Slow res2 64,  8, 56      8.1e-07       6.1e-06       3.5e-07
     Slow res3 128, 8, 28      1.1e-06       7.9e-06       5.1e-07
-    Slow res4 256, 8, 14      1.4e-06       6.3e-06       3.4e-07
+    Slow res4 256, 8, 14      1.4e-06       1.2e-05       6.4e-07
     Slow res5 512, 8, 7       2.2e-06       9.0e-06       4.3e-07
+    Fast res2 8,  32, 56      2.8e-07       3.6e-06       2.1e-07
+    Fast res3 16, 32, 28      3.3e-07       3.6e-06       2.0e-07
     Fast res4 32, 32, 14      5.2e-07       4.1e-06       2.2e-07
     Fast res5 64, 32, 7       6.7e-07       4.9e-06       3.3e-07
 
-F(4x4) rounds ~4-7x more than oneDNN's direct conv (its transforms scale values by up to 8 and 1/24) but
+F(4x4) rounds ~4-9x more than oneDNN's direct conv (its transforms scale values by up to 8 and 1/24) but
 stays ~10x below the fused model's 1e-4 tolerance per layer; F(2x2) rounds less than oneDNN. End to end
 (SlowFast R50 8x8, 224, batch 1, random weights, logits against the float64 reference model), with every
-conv_b of >= 32 channels on F(4x4): max relative error 2.5e-07, oneDNN alone 3.3e-07. So F(4x4) is the
+conv_b of >= 32 channels on F(4x4): max relative error 2.6e-07, oneDNN alone 3.3e-07. So F(4x4) is the
 default (`tile=4`); `tile=2` is there for inputs where accuracy matters more than the ~1.3x.
 """
 from __future__ import annotations
@@ -48,25 +50,28 @@ def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv when C_in and
     C_out are both >= 32.
 
-    Measured on 2 cores (AMD EPYC, AVX-512) shared with other jobs, so under load: medians (min) of 40 runs
+    Measured on 2 cores (AMD EPYC, AVX-512) shared with other jobs, so under load: medians (min) of 60 runs
     interleaved with oneDNN (plan.OneDNNConv, packed weight) in one process, fp32, batch 1, bias + ReLU,
     benchmarks/bench_conv3d_winograd.py. 1 thread is the steadier column: with 2 threads a call often waited
     a scheduler time slice for its second thread (medians of the Fast layers jumped to ~9-12 ms whatever ran).
 
         conv_b (C -> C, T, HxW)    1 thread: oneDNN   F(4x4)        F(2x2)    | 2 threads: oneDNN  F(4x4)
-        Slow res2 64,  8, 56       24.8 (16.5)        13.0 (8.6)    20.2      | 33.9 (32.2)    24.8 (13.1)
-        Slow res3 128, 8, 28       24.9 (21.7)        13.0 (9.2)    18.5      | 32.1 (24.4)    24.2 (13.5)
-        Slow res4 256, 8, 14       23.9 (15.6)        14.1 (9.4)    16.7      | 33.6 (22.6)    23.9 (13.6)
-        Slow res5 512, 8, 7        22.2 (13.8)        16.0 (10.4)   23.0      | 24.2 (19.4)    23.6 (14.0)
-        Fast res2 8,  32, 56       6.5 (2.5)          8.9 (4.3)     11.4      | 11.4 (1.4)     12.8 (2.6)
-        Fast res3 16, 32, 28       1.4 (1.2)          1.5 (0.9)     2.1       | 12.1 (8.0)     11.9 (11.8)
-        Fast res4 32, 32, 14       1.1 (1.0)          0.8 (0.7)     0.9       | 12.0 (8.0)     11.9 (7.9)
-        Fast res5 64, 32, 7        1.1 (1.0)          0.9 (0.8)     1.3       | 11.9 (7.8)     12.1 (11.8)
+        Slow res2 64,  8, 56       16.7 (16.4)        8.0 (7.6)     11.3      | 22.0 (16.6)    13.5 (8.2)
+        Slow res3 128, 8, 28       16.2 (15.9)        7.0 (6.6)     10.0      | 22.3 (8.9)     14.9 (4.7)
+        Slow res4 256, 8, 14       15.7 (15.1)        9.2 (8.4)     10.5      | 16.7 (16.1)    13.2 (12.8)
+        Slow res5 512, 8, 7        14.9 (14.0)        13.2 (10.5)   17.7      | 16.1 (7.8)     15.9 (6.1)
+        Fast res2 8,  32, 56       2.6 (2.4)          4.0 (3.6)     5.9       | 8.0 (1.4)      8.0 (2.0)
+        Fast res3 16, 32, 28       1.6 (1.4)          1.7 (1.4)     2.4       | 2.8 (0.8)      2.9 (0.8)
+        Fast res4 32, 32, 14       1.3 (1.1)          1.0 (0.6)     1.0       | 7.8 (6.6)      8.1 (7.9)
+        Fast res5 64, 32, 7        0.9 (0.9)          0.6 (0.5)     0.9       | 8.0 (6.1)      8.0 (7.9)
 
     (ms.) Summed over the model's stride-1 conv_b runs (res2..res5: 3, 3, 5, 2 per pathway): 1 thread
-    oneDNN 344.9 ms, F(4x4) 217.5 ms (F(4x4) on every layer, Fast res2 / res3 included); 2 threads 568.5 vs
-    471.8 ms. End to end, the fused model with the 20 such layers of >= 32 channels on F(4x4) (make_runner
-    patched in a script; 1 thread, under load, 10 interleaved forwards): 1517 -> 1397 ms median.
+    oneDNN 227.3 ms, F(4x4) 140.9 ms (F(4x4) on every layer, Fast res2 / res3 included); 2 threads 335.4 vs
+    272.3 ms. A quieter 2-thread run minutes earlier (load ~2): Slow res2 8.9 -> 4.2 ms, res5 7.2 -> 5.9,
+    Fast res4 0.54 -> 0.42, Fast res5 0.47 -> 0.28, Fast res3 0.60 -> 0.61, Fast res2 1.27 -> 1.71.
+    End to end, the fused model with its 20 stride-1 conv_b layers of >= 32 channels on F(4x4)
+    (make_runner patched in a script; 10 interleaved forwards under load): 1 thread 996 -> 905 ms median,
+    2 threads 1357 -> 1096 ms median (min 504 -> 461).
     Below 32 channels the GEMMs are too thin (8 or 16 of a 16-lane vector, K = 8 or 16) to pay for the
     transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
     the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
