@@ -103,6 +103,20 @@ def test_resume_after_lost_lines_and_a_cut_last_line(corpus, capsys, tmp_path):
     assert status == 3 and out.read_bytes() == before and "resuming: 7 of 7" in err
 
 
+def _run_process_group(cmd, timeout):
+    """subprocess.run in a session of its own: on timeout the whole group goes (torchrun's workers too, which
+    would otherwise outlive a killed agent, blocked on its store)."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:6])} ... did not finish in {timeout} s: {err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_resume_after_a_kill(corpus, capsys, tmp_path):
     root, _, ckpt = corpus
     clips = tmp_path / "many"
@@ -141,7 +155,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(corpus, capsys, tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "slowfast_kernels", "classify", str(root / "videos"), "--checkpoint", str(ckpt),
            "--output", str(multi), *FAST]
-    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    run = _run_process_group(cmd, timeout=300)
     # rank 0 exits 3 (two videos failed), so torchrun reports the worker group as failed
     assert run.returncode != 0 and "exitcode  : 3" in run.stderr, run.stderr[-3000:]
     assert not list(tmp_path.glob("multi.jsonl.part-*"))  # merged and removed
