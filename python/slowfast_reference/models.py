@@ -291,7 +291,6 @@ class SlowFast(nn.Module):
         self.head_pool = head_pool
         self.num_classes = num_classes
         cfg = config
-        pathways = 1 if cfg.slow_only else 2
         slow_dim, fast_dim = 64, 64 // cfg.beta_inv
 
         def temporal_kernels(stage: int, base: Sequence[int]) -> List[int]:
