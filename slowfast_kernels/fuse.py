@@ -33,7 +33,7 @@ from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem
 from .ops.conv3d_bn_act_maxpool import MAX_SMALL_CIN, conv3d_bn_act_maxpool
 from .ops.conv3d_bn_act_maxpool import resolve_backend as resolve_stem_backend
 from .ops.lateral_fuse import lateral_fuse
-from .plan import FoldedConv, reuse_cpu_buffers
+from .plan import FoldedConv, _triple, reuse_cpu_buffers
 
 CL = torch.channels_last_3d
 
@@ -61,8 +61,7 @@ class FusedStem(nn.Module):
         super().__init__()
         self.conv = FoldedConv(stem.conv, stem.norm, "relu", backend)
         pool = stem.pool
-        self.pool_args = tuple(tuple(int(v) for v in (a if isinstance(a, (tuple, list)) else (a,) * 3))
-                               for a in (pool.kernel_size, pool.stride, pool.padding))
+        self.pool_args = tuple(_triple(a) for a in (pool.kernel_size, pool.stride, pool.padding))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = self.pool_args

@@ -122,18 +122,23 @@ class Conv3dBNAct(nn.Module):
         return tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype) for t in tensors
                      if t is not None)
 
-    def _prepared(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, str]:
-        """(weight in x's dtype and layout, fp32 bias, backend) for inputs like x, cached."""
+    def _folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """fold_bn's fp32 (weight, bias), cached until a parameter or BN statistic changes (the cache is
+        reset then, with everything prepared from it)."""
         sig = self._state_signature()
         if self._cache.get("signature") != sig:
             self._cache = {"signature": sig}
+        if "folded" not in self._cache:
+            with torch.no_grad():
+                self._cache["folded"] = fold_bn(self.conv, self.norm)
+        return self._cache["folded"]  # type: ignore[return-value]
+
+    def _prepared(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, str]:
+        """(weight in x's dtype and layout, fp32 bias, backend) for inputs like x, cached."""
+        w32, b32 = self._folded()
         key = ("prepared", x.device, x.dtype, layout_of(x))
         hit = self._cache.get(key)
         if hit is None:
-            if "folded" not in self._cache:
-                with torch.no_grad():
-                    self._cache["folded"] = fold_bn(self.conv, self.norm)
-            w32, b32 = self._cache["folded"]
             w = w32.to(device=x.device, dtype=x.dtype).contiguous(memory_format=layout_of(x))
             chosen = resolve_backend(self.backend, str(x.device), x.dtype)
             hit = (w, b32.to(x.device).contiguous(), chosen)
@@ -213,7 +218,7 @@ class Conv3dBNActMaxPool(Conv3dBNAct):
         self._set_pool(pool_kernel, pool_stride, pool_padding)
 
     def _set_pool(self, kernel, stride, padding) -> None:
-        def triple(v):
+        def triple(v):  # validated by conv3d_bn_act_maxpool, which names the argument
             return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
         self.pool_kernel, self.pool_stride, self.pool_padding = triple(kernel), triple(stride), triple(padding)
@@ -247,15 +252,6 @@ class Conv3dBNActMaxPool(Conv3dBNAct):
             return torch.nn.functional.max_pool3d(self._eager(x, None, None, 0), self.pool_kernel, self.pool_stride,
                                                   self.pool_padding)
         c = self.conv
-        if torch.compiler.is_compiling():
-            w, b = fold_bn(c, self.norm)
-        else:
-            sig = self._state_signature()
-            if self._cache.get("signature") != sig:
-                self._cache = {"signature": sig}
-            if "folded" not in self._cache:
-                with torch.no_grad():
-                    self._cache["folded"] = fold_bn(c, self.norm)
-            w, b = self._cache["folded"]
+        w, b = fold_bn(c, self.norm) if torch.compiler.is_compiling() else self._folded()
         return conv3d_bn_act_maxpool(x, w.to(x.device), b.to(x.device), c.stride, c.padding,
                                      activation=self.activation, backend=self.backend, **pool)

@@ -11,6 +11,18 @@ import pytest  # noqa: E402
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def cpu_backends():
+    """The backends that run CPU tensors here: cpu (the extension), triton (the interpreter), reference."""
+    from slowfast_kernels import _ext
+    from slowfast_kernels.backends import backend_unavailable_reason
+
+    return [pytest.param("cpu", marks=pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason="extension not built")),
+            pytest.param("triton", marks=pytest.mark.skipif(
+                backend_unavailable_reason("triton", torch.device("cpu")) is not None,
+                reason="triton cannot run on CPU here")),
+            "reference"]
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_full_fp32():
     """Seeded, and TF32 off (restored after): fp32 parity means fp32, for the kernels and the eager oracle."""

@@ -53,21 +53,21 @@ def _truth(x, weight, bias, activation, residual):
                                None if residual is None else residual.double())
 
 
-def _check(y, truth, tile):
+def assert_close_to_truth(y, truth, tile):
     assert y.shape == truth.shape and y.dtype == torch.float32
     assert y.is_contiguous(memory_format=CL)
     scale = truth.abs().max().item()
     torch.testing.assert_close(y.double(), truth, rtol=0, atol=TOL[tile] * scale)
 
 
-def _matches_conv3d(shape, layout, activation, tile, portable):
+def assert_matches_conv3d(shape, layout, activation, tile, portable):
     x, weight, bias, residual = _case(shape)
     packed = conv3d_winograd_weight(weight, tile)
     y = conv3d_winograd(_layout(x, layout), packed, bias, activation, portable=portable)
-    _check(y, _truth(x, weight, bias, activation, None), tile)
+    assert_close_to_truth(y, _truth(x, weight, bias, activation, None), tile)
     y = conv3d_winograd(_layout(x, layout), packed, None, activation, residual=_layout(residual, layout),
                         portable=portable)
-    _check(y, _truth(x, weight, None, activation, residual), tile)
+    assert_close_to_truth(y, _truth(x, weight, None, activation, residual), tile)
 
 
 @pytest.mark.parametrize("tile", [4, 2])
@@ -75,14 +75,14 @@ def _matches_conv3d(shape, layout, activation, tile, portable):
 @pytest.mark.parametrize("layout", ["ncdhw", "channels_last", "strided"])
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_matches_conv3d(shape, layout, activation, tile):
-    _matches_conv3d(shape, layout, activation, tile, portable=False)
+    assert_matches_conv3d(shape, layout, activation, tile, portable=False)
 
 
 @pytest.mark.parametrize("tile", [4, 2])
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_portable_matches_conv3d(shape, tile):
     """The loop the library runs on CPUs without AVX-512."""
-    _matches_conv3d(shape, "channels_last", "relu", tile, portable=True)
+    assert_matches_conv3d(shape, "channels_last", "relu", tile, portable=True)
 
 
 @pytest.mark.parametrize("tile_block", [1, 5, 64])
@@ -94,7 +94,7 @@ def test_tile_blocks_and_poisoned_out(tile, tile_block):
     y = conv3d_winograd(x.contiguous(memory_format=CL), conv3d_winograd_weight(weight, tile), bias, "relu",
                         residual, out=out, tile_block=tile_block)
     assert y is out and not torch.isnan(out).any()
-    _check(out, _truth(x, weight, bias, "relu", residual), tile)
+    assert_close_to_truth(out, _truth(x, weight, bias, "relu", residual), tile)
 
 
 def test_residual_accumulated_in_place():
@@ -103,7 +103,7 @@ def test_residual_accumulated_in_place():
     acc = residual.contiguous(memory_format=CL)
     y = conv3d_winograd(x, conv3d_winograd_weight(weight), bias, "relu", residual=acc, out=acc)
     assert y.data_ptr() == acc.data_ptr()
-    _check(acc, truth, 4)
+    assert_close_to_truth(acc, truth, 4)
 
 
 @pytest.mark.parametrize("scratch", [False, True])
@@ -112,9 +112,9 @@ def test_runner(scratch):
     x, residual = x.contiguous(memory_format=CL), residual.contiguous(memory_format=CL)
     truth = _truth(x, weight, bias, "relu", residual)
     run = WinogradConv(weight, bias, "relu")
-    _check(run(x), _truth(x, weight, bias, "relu", None), 4)
+    assert_close_to_truth(run(x), _truth(x, weight, bias, "relu", None), 4)
     y = run(x, residual, residual_is_scratch=scratch)
-    _check(y, truth, 4)
+    assert_close_to_truth(y, truth, 4)
     assert (y.data_ptr() == residual.data_ptr()) == scratch
 
 

@@ -11,16 +11,11 @@ from torch import nn
 
 import slowfast_kernels as sk
 import slowfast_reference as R
-from slowfast_kernels import _ext
-from slowfast_kernels.backends import backend_unavailable_reason
 from slowfast_reference.models import SlowFastConfig
 
-NATIVE = _ext.LOAD_ERROR is None
-BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not NATIVE, reason="extension not built")),
-            pytest.param("triton", marks=pytest.mark.skipif(
-                backend_unavailable_reason("triton", torch.device("cpu")) is not None,
-                reason="triton cannot run on CPU here")),
-            "reference"]
+from conftest import cpu_backends
+
+BACKENDS = cpu_backends()
 i64, i32 = np.int64, np.int32
 
 

@@ -8,14 +8,10 @@ import slowfast_kernels as sk
 from slowfast_kernels import _ext
 from slowfast_kernels.backends import backend_unavailable_reason
 
-from conftest import requires_cuda
+from conftest import cpu_backends, requires_cuda
 
 NATIVE = _ext.LOAD_ERROR is None
-BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not NATIVE, reason="extension not built")),
-            pytest.param("triton", marks=pytest.mark.skipif(
-                backend_unavailable_reason("triton", torch.device("cpu")) is not None,
-                reason="triton cannot run on CPU here")),
-            "reference"]
+BACKENDS = cpu_backends()
 
 
 def pyslowfast_indices(v, num_frames, sampling_rate, clip_idx, num_clips, fps=None, target_fps=30):
