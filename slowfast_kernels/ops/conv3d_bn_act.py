@@ -18,6 +18,7 @@ from torch import nn
 from slowfast_reference._args import is_int
 
 from .. import _ext
+from .._shapes import output_shape  # noqa: F401  (re-exported: ops import it from here)
 from ..backends import choose_backend
 
 ACTIVATIONS = ("relu", "none")
@@ -61,12 +62,6 @@ def fold_bn(conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d]) -> Tuple[torch.Tensor
     beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(var)
     scale = gamma * torch.rsqrt(var + bn.eps)
     return w * scale.view(-1, 1, 1, 1, 1), beta + (b - mean) * scale
-
-
-def output_shape(x_shape, w_shape, stride, padding, dilation) -> Tuple[int, int, int, int, int]:
-    spatial = [(x_shape[2 + i] + 2 * padding[i] - dilation[i] * (w_shape[2 + i] - 1) - 1) // stride[i] + 1
-               for i in range(3)]
-    return (x_shape[0], w_shape[0], *spatial)
 
 
 def _store(y: torch.Tensor, out: Optional[torch.Tensor], out_channel_offset: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..backends import triton_interpreter_enabled
-from ..ops.conv3d_bn_act import output_shape
+from .._shapes import output_shape
 
 try:
     import triton
