@@ -15,6 +15,7 @@ from .ops.conv3d_bn_act_maxpool import conv3d_bn_act_maxpool, conv3d_bn_act_maxp
 from .modules import Conv3dBNAct, Conv3dBNActMaxPool
 from . import tuning
 from .fuse import fuse
+from . import export  # noqa: E402  (onnxruntime and the ONNX exporter are imported only when exporting)
 
 __version__ = "0.1.0"
 
