@@ -81,7 +81,12 @@ def recording() -> Iterator[List[Launch]]:
         fn = self.fn
         while not isinstance(fn, JITFunction):  # heuristics / nested autotuners wrap the JITFunction
             fn = fn.fn
-        launches.append(Launch(fn, args, kwargs, grid, list(self.configs)))
+        self.nargs = dict(zip(self.arg_names, args))  # what Autotuner.run sets before pruning
+        try:
+            configs = list(self.prune_configs(kwargs))  # the configs it would benchmark
+        finally:
+            self.nargs = None
+        launches.append(Launch(fn, args, kwargs, grid, configs))
 
     JITFunction.run, Autotuner.run = jit_run, tuned_run
     try:

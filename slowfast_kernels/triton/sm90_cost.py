@@ -127,6 +127,8 @@ def mma_flops(ins: Instr) -> tuple:
     HGMMA.64xNxK is one warpgroup (4 warps) instruction of 2*64*N*K FLOPs, issued by each of its warps;
     HMMA.16816 is a warp's m16 n8 k16 (HMMA.1688: k8, HMMA.1684: k4)."""
     mods = ins.opcode.split(".")[1:]
+    if ins.base not in ("HGMMA", "HMMA"):
+        return 0, None
     kind = _input_type(mods)
     if ins.base == "HGMMA":
         m, n, k = (int(v) for v in mods[0].split("x"))
@@ -140,11 +142,12 @@ def mma_flops(ins: Instr) -> tuple:
     return 0, None
 
 
-def _input_type(mods: Sequence[str]) -> Optional[str]:
+def _input_type(mods: Sequence[str]) -> str:
+    """The MMA's operand type; none named (HGMMA.64x64x16.F32, HMMA.16816.F32) is fp16."""
     for m in reversed(mods):
         if m in ("BF16", "F16", "TF32", "E4M3", "E5M2", "S8", "U8"):
             return {"BF16": "bf16", "F16": "fp16", "TF32": "tf32", "E4M3": "fp8", "E5M2": "fp8"}.get(m, "int8")
-    return None
+    return "fp16"
 
 
 def opcode_counts(instrs: Sequence[Instr]) -> Dict[str, int]:

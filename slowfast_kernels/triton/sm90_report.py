@@ -13,6 +13,13 @@ batch, case, dtype, config and triton version; a run replaces its own version's 
     PYTHONPATH=/work/pkgs/triton36:$PWD:$PWD/python \\
         python -m slowfast_kernels.triton.sm90_report --out benchmarks/results/sm90-kernels.json
 
+or, to run both versions at once (one a core), into two files merged afterwards:
+
+    python -m slowfast_kernels.triton.sm90_report --out /tmp/sm90-a.json &
+    PYTHONPATH=/work/pkgs/triton36:$PWD:$PWD/python python -m slowfast_kernels.triton.sm90_report --out /tmp/sm90-b.json
+    wait; python -m slowfast_kernels.triton.sm90_report --out benchmarks/results/sm90-kernels.json \\
+        --merge /tmp/sm90-a.json /tmp/sm90-b.json
+
 Kernels and cases:
   fast_stem, slow_stem   _conv3d_small_cin_kernel (conv alone, then torch's max-pool) and
                          _conv3d_small_cin_maxpool_kernel (pool fused); ``picked`` marks the one
@@ -20,8 +27,8 @@ Kernels and cases:
   lateral_*              lateral_fuse's kernels for each lateral mode at each of the 4 sites, fusion concat
   pack_pathways          crop only and resize + crop of a 64 x 256 x 340 uint8 clip
   conv <layer>           the general implicit GEMM (triton/conv3d_bn_act.py; only backend="triton" runs it)
-                         for a representative subset of layers (CONV_LAYERS: every kernel shape class,
-                         residual or not, Slow and Fast), every autotune config; --conv-layers all for all
+                         at R50 8x8 batch 32 for 4 representative layers (CONV_LAYERS), every autotune
+                         config of the input's dtype; --conv-layers all: every layer, model and batch
 
 est_ms is sm90_cost.throughput_bound on an H200 (constants in sm90_cost.H200 and in the JSON header):
 max(issue, load/store unit, tensor core, HBM) from the SASS counts x loop trips x programs. A static bound,
@@ -45,9 +52,14 @@ from . import sm90_compile as comp
 from . import sm90_cost as cost
 
 CL = torch.channels_last_3d
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 MODELS = ("slowfast_r50_8x8", "slowfast_r50_4x16")
 BATCHES = (1, 32)
+DEFAULT_DTYPES = ("bf16", "fp32")
+FAMILIES = ("stem", "lateral", "lateral_conv", "pack", "conv")
+# The general conv at the shape GPU_PROFILE.md measured every layer at; its compiles dominate the run time
+# (4-25 s each on 2 cores), so other models and batches only with --conv-layers all.
+CONV_AT = (("slowfast_r50_8x8", 32),)
 SIZE = 224
 RECORD_KEY = ("kernel", "model", "batch", "case", "dtype", "config", "triton")
 
@@ -73,18 +85,14 @@ DOT_FLOPS: Dict[str, Callable[[dict], int]] = {
     "_lateral_fuse_conv_kernel": lambda a: 2 * a["BLOCK_P"] * a["BLOCK_O"] * a["BLOCK_CI"] * a["K"]
     * cdiv(a["CI"], a["BLOCK_CI"]),
 }
-# The general conv's representative layers (names in the reference model): 1x1 without and with residual,
-# strided 1x1 shortcut, 1x3x3, strided 1x3x3, 3x1x1 (Slow res4 and Fast), the lateral 7x1x1/5x1x1 conv.
+# The general conv's representative layers (names in the reference model), one per code path the kernel
+# specializes on: Slow res2 1x3x3 (KH=KW=3), Slow res2 1x1 with the residual epilogue (IS_1X1), Slow res4
+# 3x1x1 (K = 3 x 1024), Fast res2 3x1x1 with 8 channels (K = 24: one partial K block).
 CONV_LAYERS = (
-    "blocks.1.multipathway_blocks.0.res_blocks.0.branch2.conv_a",
     "blocks.1.multipathway_blocks.0.res_blocks.0.branch2.conv_b",
     "blocks.1.multipathway_blocks.0.res_blocks.0.branch2.conv_c",
-    "blocks.2.multipathway_blocks.0.res_blocks.0.branch1_conv",
-    "blocks.2.multipathway_blocks.0.res_blocks.0.branch2.conv_b",
-    "blocks.3.multipathway_blocks.0.res_blocks.0.branch2.conv_a",
+    "blocks.3.multipathway_blocks.0.res_blocks.1.branch2.conv_a",
     "blocks.1.multipathway_blocks.1.res_blocks.0.branch2.conv_a",
-    "blocks.1.multipathway_blocks.1.res_blocks.0.branch2.conv_b",
-    "blocks.0.multipathway_fusion.conv_fast_to_slow",
 )
 
 
@@ -153,7 +161,7 @@ def stem_cases(shapes: dict, dtype: torch.dtype) -> Iterator[Case]:
                stem.conv3d_small_cin_maxpool_triton(x, w, b, conv.stride, conv.padding, True, cs[3:], yp))
 
 
-def lateral_cases(shapes: dict, dtype: torch.dtype) -> Iterator[Case]:
+def lateral_cases(shapes: dict, dtype: torch.dtype, modes) -> Iterator[Case]:
     from slowfast_reference.lateral import lateral_channels
 
     from .lateral_fuse import _lateral_fuse_triton
@@ -162,7 +170,7 @@ def lateral_cases(shapes: dict, dtype: torch.dtype) -> Iterator[Case]:
     for site, (fast_shape, fuse) in enumerate(shapes["sites"]):
         n, c, t, h, w = fast_shape
         fast = _empty(fast_shape, dtype)
-        for mode in ("time_to_channel", "time_strided_sampling", "time_strided_conv"):
+        for mode in modes:
             out = _empty((n, lateral_channels(mode, c, alpha), t // alpha, h, w), dtype)
             weight = bias = None
             if mode == "time_strided_conv":
@@ -242,7 +250,7 @@ def cost_record(launch: comp.Launch, b: comp.Bound) -> dict:
         compile_s=round(c.compile_s, 2), note=note)
 
 
-def run_cases(models, batches, dtypes, families, conv_layers, log=print) -> List[dict]:
+def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False, log=print) -> List[dict]:
     records = []
     for model in models:
         for batch in batches:
@@ -252,13 +260,16 @@ def run_cases(models, batches, dtypes, families, conv_layers, log=print) -> List
                 cases: List[Case] = []
                 if "stem" in families:
                     cases += stem_cases(shapes, dtype)
-                if "lateral" in families:
-                    cases += lateral_cases(shapes, dtype)
+                modes = (("time_to_channel", "time_strided_sampling") if "lateral" in families else ()) \
+                    + (("time_strided_conv",) if "lateral_conv" in families else ())
+                cases += lateral_cases(shapes, dtype, modes)
                 if "pack" in families:
                     cases += pack_cases(shapes, dtype, batch)
-                if "conv" in families:
+                if "conv" in families and (conv_layers is None or (model, batch) in CONV_AT):
                     cases += conv_cases(shapes, dtype, conv_layers)
                 for family, case, picked, call in cases:
+                    if picked_only and not picked:
+                        continue
                     for launch in comp.record(call):
                         for kwargs in launch.variants():
                             b = comp.bind(launch.fn, launch.args, kwargs)
@@ -327,10 +338,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, help="JSON file to write (merged with an existing one)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))
-    p.add_argument("--dtypes", default=",".join(DTYPES))
-    p.add_argument("--kernels", default="stem,lateral,pack,conv", help="families: stem, lateral, pack, conv")
-    p.add_argument("--conv-layers", default="subset", help="subset (CONV_LAYERS), all, or comma-separated names")
+    p.add_argument("--dtypes", default=",".join(DEFAULT_DTYPES), help=f"of {', '.join(DTYPES)}")
+    p.add_argument("--kernels", default=",".join(FAMILIES), help=f"families, of {', '.join(FAMILIES)}")
+    p.add_argument("--picked-only", action="store_true", help="only the kernels the plan's launchers pick")
+    p.add_argument("--conv-layers", default="subset",
+                   help="subset (CONV_LAYERS, at CONV_AT), all (every layer, model and batch) or layer names")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these reports' records into --out, compile nothing")
     args = p.parse_args(argv)
+    if args.merge:
+        for other in args.merge:
+            with open(other) as f:
+                doc = json.load(f)
+            for version, info in doc["header"]["runs"].items():
+                mine = [r for r in doc["records"] if r["triton"] == version]
+                merged = merge(args.out, mine, info, replace_version=not info.get("partial", False))
+                with open(args.out, "w") as f:
+                    json.dump(merged, f, indent=1)
+                    f.write("\n")
+        return 0
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         p.error("TRITON_INTERPRET=1 makes @triton.jit kernels interpreted functions: unset it to compile for sm_90")
     why = comp.missing_tools()
@@ -338,11 +363,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(why)
     layers = {"subset": CONV_LAYERS, "all": None}.get(args.conv_layers, tuple(args.conv_layers.split(",")))
     families = set(args.kernels.split(","))
+    for what, given, known in (("--kernels", families, FAMILIES), ("--dtypes", args.dtypes.split(","), DTYPES),
+                               ("--models", args.models.split(","), MODELS)):
+        if not set(given) <= set(known):
+            p.error(f"{what}: expected some of {', '.join(known)}, got {', '.join(sorted(set(given) - set(known)))}")
     full = (set(args.models.split(",")) == set(MODELS) and args.batches == ",".join(map(str, BATCHES))
-            and set(args.dtypes.split(",")) == set(DTYPES) and families == {"stem", "lateral", "pack", "conv"})
+            and set(args.dtypes.split(",")) == set(DEFAULT_DTYPES) and families == set(FAMILIES)
+            and not args.picked_only and args.conv_layers == "subset")
     t0 = time.perf_counter()
     records = run_cases(args.models.split(","), [int(b) for b in args.batches.split(",")],
-                        args.dtypes.split(","), families, layers)
+                        args.dtypes.split(","), families, layers, args.picked_only)
     info = {"triton": comp.triton.__version__, "torch": torch.__version__, "commit": _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.machine(), "seconds": round(time.perf_counter() - t0, 1),
