@@ -143,8 +143,10 @@ def test_conv_autotune_tables_by_dtype():
     configs = conv._gpu_configs()
     for dtype, table in ((torch.float32, conv.TILES_FP32), (torch.bfloat16, conv.TILES_16BIT),
                          (torch.float16, conv.TILES_16BIT)):
-        kept = conv._configs_for_dtype(configs, {"x_ptr": torch.empty(1, dtype=dtype)})
+        kept = conv._configs_for_dtype(configs, {"x_ptr": torch.empty(1, dtype=dtype), "C_in": 64})
         assert sorted(conv._tile(c) for c in kept) == sorted(table)
+        kept = conv._configs_for_dtype(configs, {"x_ptr": torch.empty(1, dtype=dtype), "C_in": 8})
+        assert sorted(conv._tile(c) for c in kept) == sorted(conv.TILES_SMALL_CIN)
     # The fp32 FFMA dot holds accumulators and operands in registers: at most 64 accumulators a thread.
     assert all(bm * bn // (32 * warps) <= 64 for bm, bn, _, warps, _ in conv.TILES_FP32)
 

@@ -142,9 +142,14 @@ TILES_16BIT = (
 )
 # fp32 dots run as FFMA (input_precision="ieee"): accumulator and operand fragments all in registers, so at
 # most 64 accumulators a thread and BLOCK_K 32. The 16-bit table spilled here (128x256x64: 13 KB of stack
-# and 26-74 s a compile on 3.9; 128x128x32 / 4 warps 264-856 B); 32x64x32 / 4 warps had 8 B of stack on
-# 3.6 (1x3x3 layers).
-TILES_FP32 = ((128, 128, 32, 8, 2), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3))
+# and 26-74 s a compile on 3.9; 128x128x32 / 4 warps 264-856 B), and so did 128x128x32 / 8 warps (8-32 B at
+# Slow res4 3x1x1, K = 3072) and 32x64x32 / 4 warps (8 B on 3.6 at 1x3x3 layers).
+TILES_FP32 = ((128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3))
+# C_in < 16 (the Fast pathway's 8-channel layers): no 16-aligned channel runs, so every A element of the
+# [BLOCK_M, BLOCK_K] tile carries its own int64 address and masks; both tables above spilled 24 B to 2.2 KB
+# there (Fast res2 3x1x1 8 -> 8, K = 24). 64 x 16 x 32: 64-194 registers and no spills in bf16 and fp32
+# (64 x 32 x 32 spilled 48 B in fp32 on 3.9).
+TILES_SMALL_CIN = ((64, 16, 32, 4, 3),)
 
 
 def _tile(cfg) -> tuple:
@@ -153,15 +158,19 @@ def _tile(cfg) -> tuple:
 
 
 def _gpu_configs():
-    """Both tables' configs: the autotuner's list, of which _configs_for_dtype keeps one table's."""
-    tiles = dict.fromkeys(TILES_16BIT + TILES_FP32)
+    """Every table's configs: the autotuner's list, of which _configs_for_dtype keeps one table's."""
+    tiles = dict.fromkeys(TILES_16BIT + TILES_FP32 + TILES_SMALL_CIN)
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
                           num_stages=stages) for bm, bn, bk, warps, stages in tiles]
 
 
 def _configs_for_dtype(configs, named_args, **kwargs):
-    """The autotuner's early prune: fp32 inputs get TILES_FP32, bf16/fp16 TILES_16BIT."""
-    table = TILES_FP32 if named_args["x_ptr"].dtype == torch.float32 else TILES_16BIT
+    """The autotuner's early prune: C_in < 16 gets TILES_SMALL_CIN, else fp32 inputs TILES_FP32 and bf16/fp16
+    TILES_16BIT."""
+    if named_args["C_in"] < 16:
+        table = TILES_SMALL_CIN
+    else:
+        table = TILES_FP32 if named_args["x_ptr"].dtype == torch.float32 else TILES_16BIT
     return [c for c in configs if _tile(c) in table]
 
 

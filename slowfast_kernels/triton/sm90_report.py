@@ -299,9 +299,11 @@ def _commit() -> str:
         return "unknown"
 
 
-def merge(path: str, records: List[dict], run_info: dict, replace_version: bool) -> dict:
-    """The report at `path` with `records` merged in: records of the same key replaced, and with
-    replace_version every older record of this triton version dropped (a full run replaces its version)."""
+def merge(path: str, records: List[dict], run_info: dict, replace_version: bool,
+          in_scope: Callable[[dict], bool] = lambda r: False) -> dict:
+    """The report at `path` with `records` merged in: records of the same key replaced, and older records of
+    this triton version dropped if replace_version (a full run) or in_scope(record) (what a partial run
+    covered: its kernel families, models, batches and dtypes)."""
     doc = {"records": []}
     if os.path.exists(path):
         with open(path) as f:
@@ -309,9 +311,12 @@ def merge(path: str, records: List[dict], run_info: dict, replace_version: bool)
     version = run_info["triton"]
     keys = {tuple(r[k] for k in RECORD_KEY) for r in records}
     kept = [r for r in doc.get("records", []) if tuple(r.get(k) for k in RECORD_KEY) not in keys
-            and not (replace_version and r.get("triton") == version)]
+            and not (r.get("triton") == version and (replace_version or in_scope(r)))]
     runs = dict(doc.get("header", {}).get("runs", {}))
-    runs[version] = run_info
+    if replace_version or version not in runs:
+        runs[version] = run_info
+    else:  # a partial run: the full run's information stays, the update is noted
+        runs[version] = dict(runs[version], updated=run_info)
     all_records = sorted(kept + records, key=lambda r: tuple(str(r[k]) for k in RECORD_KEY))
     header = {
         "what": "Triton kernels compiled for sm_90 (GPUTarget('cuda', 90, 32)) without a GPU; cuobjdump "
@@ -377,7 +382,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.machine(), "seconds": round(time.perf_counter() - t0, 1),
             "conv_layers": args.conv_layers, "partial": not full}
-    doc = merge(args.out, records, info, replace_version=full)
+    models, batches, dtypes = set(args.models.split(",")), {int(b) for b in args.batches.split(",")}, \
+        set(args.dtypes.split(","))
+    lateral = {"lateral": "_lateral_fuse_kernel", "lateral_conv": "_lateral_fuse_conv_kernel"}
+
+    def in_scope(r):
+        family = r.get("family")
+        if family == "lateral":
+            family = next((f for f, k in lateral.items() if k == r["kernel"]), family)
+        return (family in families and r.get("model") in models and r.get("batch") in batches
+                and r.get("dtype") in dtypes and not args.picked_only and args.conv_layers == "subset")
+
+    doc = merge(args.out, records, info, replace_version=full, in_scope=in_scope)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
