@@ -131,17 +131,47 @@ if triton is not None:
             tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
+# Autotune tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand type: the usual Hopper GEMM sweep;
+# autotune keys on the GEMM shape, so every SlowFast layer gets its own pick (small-M res5 layers want
+# 64-row tiles, wide res2 layers 128x128). Each compiles for sm_90 with no spills on triton 3.6 and 3.9
+# at the R50 layers (benchmarks/results/sm90-kernels.json). Dropped for spilling with a residual epilogue
+# (bf16, 3.9): 128x256x64 / 8 warps (224 B of stack), 128x128x32 / 4 warps (80 B, now 8 warps).
+TILES_16BIT = (
+    (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4), (64, 32, 32, 2, 5), (32, 64, 64, 4, 4),
+)
+# fp32 dots run as FFMA (input_precision="ieee"): accumulator and operand fragments all in registers, so at
+# most 64 accumulators a thread and BLOCK_K 32. The 16-bit table spilled here (128x256x64: 13 KB of stack
+# and 26-74 s a compile on 3.9; 128x128x32 / 4 warps 264-856 B), and so did 128x128x32 / 8 warps (8-32 B at
+# Slow res4 3x1x1, K = 3072) and 32x64x32 / 4 warps (8 B on 3.6 at 1x3x3 layers).
+TILES_FP32 = ((128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3))
+# C_in < 16 (the Fast pathway's 8-channel layers): no 16-aligned channel runs, so every A element of the
+# [BLOCK_M, BLOCK_K] tile carries its own int64 address and masks; both tables above spilled 24 B to 2.2 KB
+# there (Fast res2 3x1x1 8 -> 8, K = 24). 64 x 16 x 32: 64-194 registers and no spills in bf16 and fp32
+# (64 x 32 x 32 spilled 48 B in fp32 on 3.9).
+TILES_SMALL_CIN = ((64, 16, 32, 4, 3),)
+
+
+def _tile(cfg) -> tuple:
+    k = cfg.kwargs
+    return k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], cfg.num_warps, cfg.num_stages
+
+
 def _gpu_configs():
-    # Tile shapes of the usual Hopper GEMM sweep; autotune keys on the GEMM shape, so every SlowFast
-    # layer gets its own pick (small-M res5 layers want 64-row tiles, wide res2 layers 128x128).
-    cfgs = []
-    for bm, bn, bk, warps, stages in [
-        (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-        (64, 64, 64, 4, 4), (128, 256, 64, 8, 3), (64, 32, 32, 2, 5), (32, 64, 64, 4, 4),
-    ]:
-        cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                  num_warps=warps, num_stages=stages))
-    return cfgs
+    """Every table's configs: the autotuner's list, of which _configs_for_dtype keeps one table's."""
+    tiles = dict.fromkeys(TILES_16BIT + TILES_FP32 + TILES_SMALL_CIN)
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                          num_stages=stages) for bm, bn, bk, warps, stages in tiles]
+
+
+def _configs_for_dtype(configs, named_args, **kwargs):
+    """The autotuner's early prune: C_in < 16 gets TILES_SMALL_CIN, else fp32 inputs TILES_FP32 and bf16/fp16
+    TILES_16BIT."""
+    if named_args["C_in"] < 16:
+        table = TILES_SMALL_CIN
+    else:
+        table = TILES_FP32 if named_args["x_ptr"].dtype == torch.float32 else TILES_16BIT
+    return [c for c in configs if _tile(c) in table]
 
 
 def _interpreter_tiles(M: int, C_out: int) -> dict:
@@ -161,7 +191,8 @@ def _launcher():
         # UPCAST_DOT: the interpreter's tl.dot returns garbage for bfloat16 operands (triton 3.9); bf16
         # products are exact in fp32, so the upcast changes nothing numerically.
         return _conv3d_bn_act_kernel, {"GROUP_M": 4, "UPCAST_DOT": True}
-    tuned = triton.autotune(configs=_gpu_configs(), key=["M", "C_out", "K", "IS_1X1"])(_conv3d_bn_act_kernel)
+    tuned = triton.autotune(configs=_gpu_configs(), key=["M", "C_out", "K", "IS_1X1"],
+                            prune_configs_by={"early_config_prune": _configs_for_dtype})(_conv3d_bn_act_kernel)
     return tuned, {"UPCAST_DOT": False, "BF16_RTNE_BITS": False}
 
 

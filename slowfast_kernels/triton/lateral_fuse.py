@@ -98,6 +98,13 @@ def _bf16_dot_broken(dtype) -> bool:
     return dtype == torch.bfloat16 and triton_interpreter_enabled()
 
 
+# Copy-kernel tile: BLOCK_C = the lateral channels (a power of two, at most 64) and BLOCK_P voxels, so that
+# a program moves COPY_TILE_ELEMENTS elements. 4096 (512 x 8 at the first site's time_strided_sampling)
+# spilled 296 / 456 B of int64 offsets on sm_90 (triton 3.6 / 3.9), 128 x 32 16 B on 3.6; 2048 is 16
+# elements a thread at 4 warps and compiles with no spills on both (benchmarks/results/sm90-kernels.json).
+COPY_TILE_ELEMENTS = 2048
+
+
 def _pow2(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(x), 1))))
 
@@ -116,19 +123,21 @@ def _lateral_fuse_triton(slow, fast, mode, alpha, weight, bias, fusion, activati
         return
     if mode == "time_strided_conv":
         k = weight.shape[2]
-        # tl.dot needs every tile dimension >= 16; the masks cover the tails.
-        block_o, block_ci = _pow2(c, 16, 64), _pow2(fast.shape[1], 16, 32)
+        # tl.dot needs every tile dimension >= 16; the masks cover the tails. fp32 (an FFMA dot with both
+        # operand fragments in registers): BLOCK_CI 16, as 64 x 64 x 32 spilled 32 B on sm_90 (triton 3.9).
+        ieee = fast.dtype == torch.float32 or _bf16_dot_broken(fast.dtype)
+        block_o, block_ci = _pow2(c, 16, 64), _pow2(fast.shape[1], 16, 16 if ieee else 32)
         block_p = 64
         grid = (triton.cdiv(p, block_p), triton.cdiv(c, block_o))
         _lateral_fuse_conv_kernel[grid](
             fast, weight, bias if bias is not None else weight, dst, p, c, fast.shape[1], t, fast.shape[2], h * w, w,
             alpha, k // 2, *fast.stride(), *weight.stride()[:3], *dst.stride(),
             K=k, HAS_BIAS=bias is not None, RELU=activation == "relu", ACC=not concat,
-            IEEE=fast.dtype == torch.float32 or _bf16_dot_broken(fast.dtype),
+            IEEE=ieee,
             BLOCK_P=block_p, BLOCK_O=block_o, BLOCK_CI=block_ci)
         return
     block_c = _pow2(c, 1, 64)
-    block_p = max(16, 4096 // block_c)
+    block_p = max(16, COPY_TILE_ELEMENTS // block_c)
     grid = (triton.cdiv(p, block_p), triton.cdiv(c, block_c))
     _lateral_fuse_kernel[grid](
         fast, dst, p, c, t, h * w, w, alpha, *fast.stride(), *dst.stride(),
