@@ -157,27 +157,40 @@ if triton is not None:
                 x_ptr, w_ptr, b_ptr, n, id0, oh * stride_h - pad_h, ow * stride_w - pad_w, inside,
                 D, H, W, sxn, sxc, sxd, sxh, sxw, c0,
                 C_IN, KD, KH, KW, ROWS * COLS, BLOCK_N, BLOCK_K, N_PAD, RELU, UPCAST_DOT)
-            # Positions outside the conv output are the pool's -inf padding.
-            acc = tl.where(inside[:, None], acc, float("-inf"))
-            # Columns: window b = conv columns 2b, 2b + 1, 2b + 2 of the block.
-            pairs = tl.permute(tl.reshape(acc, (ROWS, B, 2, BLOCK_N)), (0, 1, 3, 2))
-            even, odd = tl.split(pairs)
-            nxt = tl.minimum(tl.arange(0, B) + 1, B - 1)[None, :, None] + tl.zeros((ROWS, B, BLOCK_N), tl.int32)
-            cols = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 1))
-            # Rows: window a = conv rows 2a, 2a + 1, 2a + 2 of the block.
-            pairs = tl.permute(tl.reshape(cols, (R, 2, B, BLOCK_N)), (0, 2, 3, 1))
-            even, odd = tl.split(pairs)
-            nxt = tl.minimum(tl.arange(0, R) + 1, R - 1)[:, None, None] + tl.zeros((R, B, BLOCK_N), tl.int32)
-            pooled = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 0))
-            a = tl.arange(0, R)[:, None, None]
-            b = tl.arange(0, B)[None, :, None]
-            ch = c0 + tl.arange(0, BLOCK_N)[None, None, :]
-            ph = ph0 + a
-            pw = pw0 + b
-            mask = (a < R - 1) & (b < B - 1) & (ph < Hp) & (pw < Wp) & (ch < C_out)
-            y_off = (n * syn + od.to(tl.int64) * syd + ph.to(tl.int64) * syh + pw.to(tl.int64) * syw
-                     + ch.to(tl.int64) * syc)
-            _store_cast(y_ptr, y_off, pooled, mask, BF16_RTNE_BITS)
+            _pool_and_store(y_ptr, acc, inside, n, od, ph0, pw0, c0, C_out, Hp, Wp, syn, syc, syd, syh, syw,
+                            ROWS, COLS, BLOCK_N, BF16_RTNE_BITS)
+
+    @triton.jit
+    def _pool_and_store(
+        y_ptr, acc, inside, n, od, ph0, pw0, c0, C_out, Hp, Wp, syn, syc, syd, syh, syw,
+        ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr, BF16_RTNE_BITS: tl.constexpr,
+    ):
+        """Max-pool (3x3 windows, stride 2) a ROWS x COLS block of conv outputs acc [ROWS * COLS, BLOCK_N]
+        starting one row and one column before pooled output (ph0, pw0), and store the (ROWS/2 - 1) x
+        (COLS/2 - 1) pooled outputs of channels c0 .. c0 + BLOCK_N."""
+        R: tl.constexpr = ROWS // 2
+        B: tl.constexpr = COLS // 2
+        # Positions outside the conv output are the pool's -inf padding.
+        acc = tl.where(inside[:, None], acc, float("-inf"))
+        # Columns: window b = conv columns 2b, 2b + 1, 2b + 2 of the block.
+        pairs = tl.permute(tl.reshape(acc, (ROWS, B, 2, BLOCK_N)), (0, 1, 3, 2))
+        even, odd = tl.split(pairs)
+        nxt = tl.minimum(tl.arange(0, B) + 1, B - 1)[None, :, None] + tl.zeros((ROWS, B, BLOCK_N), tl.int32)
+        cols = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 1))
+        # Rows: window a = conv rows 2a, 2a + 1, 2a + 2 of the block.
+        pairs = tl.permute(tl.reshape(cols, (R, 2, B, BLOCK_N)), (0, 2, 3, 1))
+        even, odd = tl.split(pairs)
+        nxt = tl.minimum(tl.arange(0, R) + 1, R - 1)[:, None, None] + tl.zeros((R, B, BLOCK_N), tl.int32)
+        pooled = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 0))
+        a = tl.arange(0, R)[:, None, None]
+        b = tl.arange(0, B)[None, :, None]
+        ch = c0 + tl.arange(0, BLOCK_N)[None, None, :]
+        ph = ph0 + a
+        pw = pw0 + b
+        mask = (a < R - 1) & (b < B - 1) & (ph < Hp) & (pw < Wp) & (ch < C_out)
+        y_off = (n * syn + od.to(tl.int64) * syd + ph.to(tl.int64) * syh + pw.to(tl.int64) * syw
+                 + ch.to(tl.int64) * syc)
+        _store_cast(y_ptr, y_off, pooled, mask, BF16_RTNE_BITS)
 
 
 # -- configs: fixed per shape class, no autotuning ----------------------------------------------------
@@ -278,6 +291,11 @@ def conv3d_small_cin_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     M = N * To * Ho * Wo
     if M == 0 or C_out == 0:
         return out
+    from .conv3d_bn_act_maxpool_tap_rows import conv3d_tap_rows_triton, tap_rows_fit, to_tap_rows
+
+    if tap_rows_fit(x.shape, weight.shape, stride, padding):
+        return conv3d_tap_rows_triton(to_tap_rows(x), weight, bias, stride, padding, relu, out, out_channel_offset,
+                                      triton_interpreter_enabled())
     w, b, bk, bn, n_pad = _operands(x, weight, bias)
     fixed = dict(_mode())
     cfg = dict(INTERPRETER_CONV) if triton_interpreter_enabled() else dict(CONV_CONFIGS[bn])
@@ -302,6 +320,11 @@ def conv3d_small_cin_maxpool_triton(x: torch.Tensor, weight: torch.Tensor, bias:
     _, _, To, Hp, Wp = out.shape
     if out.numel() == 0:
         return out
+    from .conv3d_bn_act_maxpool_tap_rows import conv3d_tap_rows_maxpool_triton, tap_rows_fit, to_tap_rows
+
+    if tap_rows_fit(x.shape, weight.shape, stride, padding):
+        return conv3d_tap_rows_maxpool_triton(to_tap_rows(x), weight, bias, stride, padding, relu, conv_hw, out,
+                                              triton_interpreter_enabled())
     w, b, bk, bn, n_pad = _operands(x, weight, bias)
     fixed = dict(_mode())
     cfg = dict(INTERPRETER_POOL) if triton_interpreter_enabled() else dict(POOL_CONFIGS[bn])
