@@ -150,31 +150,15 @@ def test_tap_rows_parity(stem, c_out, fuse_pool, dtype):
     check_close(y, x, weight, bias, (1, 2, 2), stem["padding"])
 
 
-def has_interior_tile(shape, weight_shape, stride, padding, cfg):
-    """Whether one ROWS x COLS conv tile of the interpreter's config reads inside the frame everywhere (the
-    kernel's unmasked loop), with another tile that does not."""
-    tap_rows = tap_rows_module()
-    _, _, _, h, w = shape
-    g = tap_rows.tap_rows_geometry(weight_shape[0], weight_shape[4], stride[2], padding[2])
-    ho = (h + 2 * padding[1] - weight_shape[3]) // stride[1] + 1
-    wo = (w + 2 * padding[2] - weight_shape[4]) // stride[2] + 1
-    kinds = set()
-    for r0 in range(0, ho, cfg["ROWS"]):
-        for c0 in range(0, wo, cfg["COLS"]):
-            ih = [oh * stride[1] - padding[1] for oh in range(r0, r0 + cfg["ROWS"])]
-            s0 = [ow * stride[2] - padding[2] - padding[2] % 2 for ow in range(c0, c0 + cfg["COLS"], g["GROUP"])]
-            kinds.add(min(ih) >= 0 and max(ih) + weight_shape[3] <= h and min(s0) >= 0
-                      and max(s0) + g["K_ROW"] // 4 <= w)
-    return kinds == {True, False}
-
-
 @needs_triton
 def test_tap_rows_interior_and_edge_tiles():
     """A frame wide enough for the conv kernel's unmasked interior tiles next to masked edge tiles; and a
     4-channel NDHWC input (zero 4th channel) with a 4-channel weight, taken as is (no copy)."""
     tap_rows = tap_rows_module()
     x, weight, bias = make(FAST, n=1, t=1, h=38, w=78, c_out=8, layout=CL)
-    assert has_interior_tile(x.shape, weight.shape, (1, 2, 2), (2, 3, 3), tap_rows.INTERPRETER_TAP_ROWS_CONV)
+    share = tap_rows.interior_tile_share(38, 78, (19, 39), weight.shape, (1, 2, 2), (2, 3, 3),
+                                         tap_rows.INTERPRETER_TAP_ROWS_CONV)
+    assert 0 < share < 1
     y = sk.conv3d_bn_act_maxpool(x, weight, bias, (1, 2, 2), (2, 3, 3), fuse_pool=False, backend="triton")
     check_close(y, x, weight, bias, (1, 2, 2), (2, 3, 3))
 
@@ -193,6 +177,12 @@ def test_tap_rows_layout_rules():
     assert not tap_rows.tap_rows_fit((32, 3, 32, 224, 224), fast, (1, 1, 1), (2, 3, 3))  # odd column stride
     assert not tap_rows.tap_rows_fit((32, 5, 32, 224, 224), (8, 5, 5, 7, 7), (1, 2, 2), (2, 3, 3))
     assert tap_rows.tap_rows_geometry(8, 7, 2, 3)["GROUP"] == 4
+    # At 224 (conv 112 x 112, pooled 56 x 56): 25 of 49 conv tiles, 4 of 16 pool blocks are interior.
+    fast_pool = tap_rows.TAP_ROWS_POOL_CONFIGS[4]
+    assert tap_rows.interior_tile_share(224, 224, (112, 112), fast, (1, 2, 2), (2, 3, 3),
+                                        tap_rows.TAP_ROWS_CONV_CONFIGS[4]) == pytest.approx(25 / 49)
+    assert tap_rows.interior_tile_share(224, 224, (112, 112), fast, (1, 2, 2), (2, 3, 3), fast_pool,
+                                        (56, 56)) == pytest.approx(4 / 16)
     assert tap_rows.tap_rows_geometry(64, 7, 2, 3)["GROUP"] == 1
     assert tap_rows.tap_rows_geometry(8, 11, 2, 3) is None  # 1 + 6 + 11 > 16 and 1 + 11 > 8 columns
     assert tap_rows.tap_rows_geometry(64, 7, 3, 3) is None  # odd column stride

@@ -2,9 +2,10 @@
 
 Public entry points: conv3d_bn_act_maxpool, conv3d_bn_act_maxpool_ref (same signature, eager PyTorch),
 small_cin_triton_rule (which stem convs the CUDA backends hand to the small-C_in Triton kernel).
-Backends: triton = the small-C_in kernels (slowfast_kernels/triton/conv3d_bn_act_maxpool.py), with the
-pool fused when it is the stem pool ((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so (the Slow
-stem, not the Fast one), else the conv kernel then torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
+Backends: triton = the small-C_in kernels (slowfast_kernels/triton/conv3d_bn_act_maxpool.py and its
+tap-row kernels for even column strides and W), with the pool fused when it is the stem pool
+((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so (both stems at stride 2), else the conv kernel then
+torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
 small-C_in kernel where plan's measured rule picks it, else oneDNN's fused conv) then max_pool3d;
 reference = eager conv3d + bias + relu + max_pool3d.
 
@@ -63,7 +64,7 @@ def fuse_pool_rule(weight_shape: Sequence[int], dtype: torch.dtype, pool: Tuple[
 
     Fast stem, bf16 (4 outputs a GEMM row, 36 x 64 x 32 / 4 MACs): saved 8 * 6 = 48 B = 11.4 ps; extra
     0.14 * 36.9 kFLOP = 6.5 ps -> fused. Slow stem: saved 64 * 6 = 384 B = 91 ps; extra 0.31 * 28.7 kFLOP =
-    11 ps -> fused. The sm_90 bounds agree (batch 32: Fast fused 0.78 ms against conv 0.85 + pool 0.16).
+    11 ps -> fused. The sm_90 bounds agree (batch 32: Fast fused 0.78 ms against conv ~0.9-1.0 + pool ~0.16).
     Unmeasured on a GPU: bench_conv3d.py's fast_stem / slow_stem cases time both (`triton_pool_fused`,
     `triton_pool_separate`).
     """

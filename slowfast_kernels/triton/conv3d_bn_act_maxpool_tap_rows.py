@@ -9,17 +9,27 @@ multiple of 8 elements (16 bytes for bf16, given an even W and aligned strides) 
 -p .. 7 - p (the stems: kw -1 .. 6, tap -1 carrying a zero weight; K row 32 for 28 real elements, 12.5%
 padding where the 3-channel row 21 -> 32 wasted 34%). Columns come in pairs of 8 elements that lie both
 inside or both outside the frame (s0 and W even), so the W mask is constant over each 16-byte vector and
-the loads vectorize; it is loop-invariant. The D mask is one scalar per program (a program never leaves
-one output frame (n, od)), the H mask one compare per row. The weight is packed as [KD, KH, 32, N_PAD] in
-the same (tap, channel) order with zeros in the padding.
+the loads vectorize; it is loop-invariant, folded with each row's valid kh range into one bit mask a
+vector (one AND and test a tap row). The D mask is one scalar per tap row (a program never leaves one
+output frame (n, od)). The weight is packed as [KD * KH, K_ROW, N_PAD] in the same (column, channel)
+order with zeros in the padding.
+
+GEMM rows: GROUP 4 (C_out <= 8, the Fast stem): a row is 4 neighbouring outputs of one output row; it
+reads columns s0 .. s0 + 15 (64 elements; 4 outputs x 7 taps at stride 2 span 14) and its N = 32 columns
+are 4 outputs x 8 channel slots, the packed weight shifting each output's taps by 2 columns. Against one
+output a row (32 elements, N 8 -> 16) that halves the gather, the shared memory and the wgmma instructions
+an output, at the same tensor-core FLOPs. GROUP 1 (the Slow stem's 64 channels): one output, 32 elements.
 
 A program computes a ROWS x COLS block of output positions of one frame (conv: the block is the tile;
 pooled: the block overlaps its neighbours by the pool's halo, as in conv3d_bn_act_maxpool.py). The K loop
-is one flat loop over the KD * KH tap rows, so Triton's software pipeliner (num_stages) can keep the
-16-byte cp.async gathers of later rows in flight under the wgmma of the current one.
+is one flat loop over the KD * KH tap rows, ROW_STEP of them an iteration with counters for (kd, kh), so
+Triton's software pipeliner (num_stages) keeps the cp.async gathers of later rows in flight under the
+wgmma of the current one. A tile whose reads all lie inside the frame (25 of 49 conv tiles and 4 of 16
+pool blocks of the Fast stem at 224) runs a copy of the loop without the H/W masks: 318 instead of 417
+instructions an iteration (triton 3.9).
 
-Instruction counts per K step and est_ms at batch 32, 224, bf16 (sm_90 SASS, both Triton versions): see
-the table in conv3d_bn_act_maxpool.py's docstring.
+Instruction counts per K step and est_ms at batch 32, 224, bf16 (sm_90 SASS, both Triton versions): the
+table in conv3d_bn_act_maxpool.py's docstring.
 """
 from __future__ import annotations
 
@@ -120,7 +130,7 @@ if triton is not None:
     ):
         """_tap_rows_conv_tile without the H/W masks where the whole tile reads inside the frame (the stems
         at 224: 25 of 49 tiles), with them elsewhere. PATH 1 / 2 compile one of
-        the two loops alone (unmasked / masked): for instruction counts per path; 0 in every launch."""
+        the two loops alone (unmasked / masked); the configs pick 0 or 2, 1 is for instruction counts."""
         if PATH == 1:
             interior = True
         elif PATH == 2:
@@ -303,27 +313,54 @@ def pack_weight_tap_rows(weight: torch.Tensor, dtype: torch.dtype, stride_w: int
     return packed.reshape(rows, k_row, n_pad)
 
 
+def interior_tile_share(h: int, w: int, conv_hw: Sequence[int], weight_shape: Sequence[int], stride: Sequence[int],
+                        padding: Sequence[int], cfg: dict, pooled_hw: Optional[Sequence[int]] = None) -> float:
+    """Share of a frame's programs whose tile reads inside the frame everywhere (the unmasked loop), for
+    the conv kernel's tiles or (pooled_hw given) the fused pool kernel's blocks: the same test as
+    _tap_rows_tile's, for cost estimates (PATH 1 / 2 give each loop's instruction counts)."""
+    g = tap_rows_geometry(weight_shape[0], weight_shape[4], stride[2], padding[2])
+    kh, rows, cols = weight_shape[3], cfg["ROWS"], cfg["COLS"]
+    if pooled_hw is None:
+        starts_h = range(0, conv_hw[0], rows)
+        starts_w = range(0, conv_hw[1], cols)
+    else:
+        starts_h = range(-1, 2 * pooled_hw[0] - 1, 2 * (rows // 2 - 1))
+        starts_w = range(-1, 2 * pooled_hw[1] - 1, 2 * (cols // 2 - 1))
+    t0 = tap0(padding[2])
+    inside_h = [r0 * stride[1] - padding[1] >= 0 and (r0 + rows - 1) * stride[1] - padding[1] + kh <= h
+                for r0 in starts_h]
+    inside_w = [c0 * stride[2] - padding[2] - t0 >= 0
+                and (c0 + cols - g["GROUP"]) * stride[2] - padding[2] - t0 + g["K_ROW"] // CHANNELS <= w
+                for c0 in starts_w]
+    return sum(inside_h) * sum(inside_w) / (len(inside_h) * len(inside_w))
+
+
 # -- configs and launchers -----------------------------------------------------------------------------
 
 # Conv-only kernel, keyed by GROUP: the ROWS x COLS output tile (ROWS * COLS / GROUP GEMM rows) and
-# ROW_STEP tap rows an iteration. 112 x 112 outputs split into 7 x 7 tiles of 16 x 16, 25 of them interior
-# (no H/W masks). GROUP 4: M 64 (one m64 wgmma a k-step), ROW_STEP 4 amortizes the loop's fixed cost over
-# 4 x 64 rows; 3 stages of (64 x 64 + 64 x 32) x 4 x 2 B = 48 KB. GROUP 1 (N 64, the Slow stem's conv
-# alone): M 256, ROW_STEP 1.
+# ROW_STEP tap rows an iteration. 112 x 112 outputs split into 7 x 7 tiles of 16 x 16 (no partial tiles),
+# 25 of them interior. GROUP 4: M 64, ROW_STEP 4 amortizes the loop's fixed cost (stage bookkeeping,
+# barriers, wgmma fences) over 4 tap rows; 3 stages of (64 x 64 + 64 x 32) x 4 x 2 B = 48 KB. (The plan
+# pools the stems fused: this kernel runs for conv3d_bn_act's out= slices and fuse_pool=False.)
+# GROUP 1 (N 64): M 256, ROW_STEP 1, the 7 tap rows of the Slow stem unrolled. PATH (see _tap_rows_tile):
+# 0 = an unmasked loop for interior tiles, 2 = the masked loop everywhere. The Slow stem takes 2: with both,
+# Triton 3.9 unrolls one and keeps the other rolled (1512 instructions against 1232 masked only).
 TAP_ROWS_CONV_CONFIGS = {
-    4: dict(ROWS=16, COLS=16, ROW_STEP=4, num_warps=4, num_stages=3),
-    1: dict(ROWS=16, COLS=16, ROW_STEP=1, num_warps=4, num_stages=3),
+    4: dict(ROWS=16, COLS=16, ROW_STEP=4, PATH=0, num_warps=4, num_stages=3),
+    1: dict(ROWS=16, COLS=16, ROW_STEP=1, PATH=2, num_warps=4, num_stages=3),
 }
-# Fused pool kernel, keyed by GROUP: the conv block (pool_recompute: 16 x 32 recomputes 1.22x, 16 x 16
-# 1.31x).
+# Fused pool kernel, keyed by GROUP: the conv block (pool_recompute: 32 x 32 recomputes 1.14x, 16 x 32
+# 1.22x, 16 x 16 1.31x). GROUP 4 (the Fast stem): 32 x 32 = 256 GEMM rows, ROW_STEP 2, 2 stages of
+# 48 KB; by the sm_90 bounds (triton 3.9) 0.783 ms against 0.866 for 16 x 32 with 3 stages and 0.93 for
+# ROW_STEP 1. GROUP 1 (the Slow stem): 16 x 16 x 64 channels, 8 warps, masked loop only (as above).
 TAP_ROWS_POOL_CONFIGS = {
-    4: dict(ROWS=32, COLS=32, ROW_STEP=2, num_warps=4, num_stages=2),
-    1: dict(ROWS=16, COLS=16, ROW_STEP=1, num_warps=8, num_stages=3),
+    4: dict(ROWS=32, COLS=32, ROW_STEP=2, PATH=0, num_warps=4, num_stages=2),
+    1: dict(ROWS=16, COLS=16, ROW_STEP=1, PATH=2, num_warps=8, num_stages=3),
 }
 # The interpreter: one numpy call per block operation and K step, so large tiles that still split the tests'
 # shapes into several programs in both directions.
-INTERPRETER_TAP_ROWS_CONV = dict(ROWS=8, COLS=16, ROW_STEP=2)
-INTERPRETER_TAP_ROWS_POOL = dict(ROWS=16, COLS=32, ROW_STEP=2)
+INTERPRETER_TAP_ROWS_CONV = dict(ROWS=8, COLS=16, ROW_STEP=2, PATH=0)
+INTERPRETER_TAP_ROWS_POOL = dict(ROWS=16, COLS=32, ROW_STEP=2, PATH=0)
 
 
 def _prepare(x4, weight, bias, stride, padding, out, configs, interpreter_config, interpreter):
