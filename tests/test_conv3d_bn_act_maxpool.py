@@ -109,12 +109,102 @@ def test_triton_other_pool_runs_separately():
 
 
 def test_fuse_pool_rule_on_the_stems():
-    """The cost model's picks (see fuse_pool_rule): Fast stem pool separate, Slow stem pool fused."""
+    """The cost model's picks (see fuse_pool_rule): both stems pool fused in the tap-row kernels; the Fast
+    stem at column stride 1 (the element-gather kernel) pools separately."""
     bf16, pool = torch.bfloat16, stem_op.STEM_POOL
-    assert not fuse_pool_rule((8, 3, 5, 7, 7), bf16, pool)
+    assert fuse_pool_rule((8, 3, 5, 7, 7), bf16, pool)
     assert fuse_pool_rule((64, 3, 1, 7, 7), bf16, pool)
     assert fuse_pool_rule((64, 3, 1, 7, 7), torch.float32, pool)
+    assert not fuse_pool_rule((8, 3, 5, 7, 7), bf16, pool, (1, 1, 1), (2, 3, 3))
     assert not fuse_pool_rule((64, 3, 1, 7, 7), bf16, ((1, 3, 3), (1, 2, 2), (0, 0, 0)))
+
+
+# -- the tap-row kernels (4-channel NDHWC input, even W, even column stride) ----------------------------
+
+def tap_rows_module():
+    from slowfast_kernels.triton import conv3d_bn_act_maxpool_tap_rows as tap_rows
+
+    return tap_rows
+
+
+TAP_ROWS_CASES = [  # stem, C_out, fuse_pool, dtype
+    pytest.param(FAST, 8, True, torch.bfloat16, id="fast-pool_fused-bf16"),
+    pytest.param(FAST, 8, False, torch.float32, id="fast-pool_separate-fp32"),
+    pytest.param(FAST, 5, True, torch.float32, id="fast_c5-pool_fused-fp32"),
+    pytest.param(FAST, 5, False, torch.float16, id="fast_c5-pool_separate-fp16"),
+    pytest.param(SLOW, 20, True, torch.bfloat16, id="slow_c20-pool_fused-bf16"),
+    pytest.param(SLOW, 20, False, torch.float32, id="slow_c20-pool_separate-fp32"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("stem,c_out,fuse_pool,dtype", TAP_ROWS_CASES)
+def test_tap_rows_parity(stem, c_out, fuse_pool, dtype):
+    """Even W at column stride 2: the tap-row kernels (4 outputs a GEMM row for C_out <= 8, else one), the
+    3-channel input copied to 4 channels; odd H, NCDHW for fp32 and NDHWC otherwise."""
+    tap_rows = tap_rows_module()
+    layout = NCDHW if dtype == torch.float32 else CL
+    x, weight, bias = make(stem, n=1 if not fuse_pool else 2, t=3 if stem is FAST else 2, h=23, w=38, c_out=c_out, dtype=dtype, layout=layout)
+    assert tap_rows.tap_rows_fit(x.shape, weight.shape, (1, 2, 2), stem["padding"])
+    y = sk.conv3d_bn_act_maxpool(x, weight, bias, (1, 2, 2), stem["padding"], fuse_pool=fuse_pool, backend="triton")
+    check_close(y, x, weight, bias, (1, 2, 2), stem["padding"])
+
+
+@needs_triton
+def test_tap_rows_interior_and_edge_tiles():
+    """A frame wide enough for the conv kernel's unmasked interior tiles next to masked edge tiles; and a
+    4-channel NDHWC input (zero 4th channel) with a 4-channel weight, taken as is (no copy)."""
+    tap_rows = tap_rows_module()
+    x, weight, bias = make(FAST, n=1, t=1, h=38, w=78, c_out=8, layout=CL)
+    share = tap_rows.interior_tile_share(38, 78, (19, 39), weight.shape, (1, 2, 2), (2, 3, 3),
+                                         tap_rows.INTERPRETER_TAP_ROWS_CONV)
+    assert 0 < share < 1
+    y = sk.conv3d_bn_act_maxpool(x, weight, bias, (1, 2, 2), (2, 3, 3), fuse_pool=False, backend="triton")
+    check_close(y, x, weight, bias, (1, 2, 2), (2, 3, 3))
+
+    x4 = tap_rows.to_tap_rows(x[..., :20, :46])
+    assert tap_rows.to_tap_rows(x4) is x4 and (x4[:, 3] == 0).all()
+    w4 = torch.cat([weight, torch.randn(8, 1, 5, 7, 7)], dim=1)  # the zero channel makes its weight irrelevant
+    y = sk.conv3d_bn_act_maxpool(x4, w4, bias, (1, 2, 2), (2, 3, 3), fuse_pool=True, backend="triton")
+    check_close(y, x4, w4, bias, (1, 2, 2), (2, 3, 3))
+
+
+def test_tap_rows_layout_rules():
+    tap_rows = tap_rows_module()
+    fast = (8, 3, 5, 7, 7)
+    assert tap_rows.tap_rows_fit((32, 3, 32, 224, 224), fast, (1, 2, 2), (2, 3, 3))
+    assert not tap_rows.tap_rows_fit((32, 3, 32, 224, 225), fast, (1, 2, 2), (2, 3, 3))  # odd W
+    assert not tap_rows.tap_rows_fit((32, 3, 32, 224, 224), fast, (1, 1, 1), (2, 3, 3))  # odd column stride
+    assert not tap_rows.tap_rows_fit((32, 5, 32, 224, 224), (8, 5, 5, 7, 7), (1, 2, 2), (2, 3, 3))
+    assert tap_rows.tap_rows_geometry(8, 7, 2, 3)["GROUP"] == 4
+    # At 224 (conv 112 x 112, pooled 56 x 56): 25 of 49 conv tiles, 4 of 16 pool blocks are interior.
+    fast_pool = tap_rows.TAP_ROWS_POOL_CONFIGS[4]
+    assert tap_rows.interior_tile_share(224, 224, (112, 112), fast, (1, 2, 2), (2, 3, 3),
+                                        tap_rows.TAP_ROWS_CONV_CONFIGS[4]) == pytest.approx(25 / 49)
+    assert tap_rows.interior_tile_share(224, 224, (112, 112), fast, (1, 2, 2), (2, 3, 3), fast_pool,
+                                        (56, 56)) == pytest.approx(4 / 16)
+    assert tap_rows.tap_rows_geometry(64, 7, 2, 3)["GROUP"] == 1
+    assert tap_rows.tap_rows_geometry(8, 11, 2, 3) is None  # 1 + 6 + 11 > 16 and 1 + 11 > 8 columns
+    assert tap_rows.tap_rows_geometry(64, 7, 3, 3) is None  # odd column stride
+    x = torch.zeros(2, 4, 3, 6, 8, dtype=torch.bfloat16).contiguous(memory_format=CL)
+    assert tap_rows.tap_rows_aligned(x) and tap_rows.tap_rows_aligned(x[..., 2:8])
+    assert not tap_rows.tap_rows_aligned(x[..., 1:7])  # 8 bytes off a 16-byte boundary
+    assert not tap_rows.tap_rows_aligned(x[..., :7])  # odd W
+    assert not tap_rows.tap_rows_aligned(x[:, :3])
+
+
+def test_tap_rows_weight_packing():
+    """Output q of a group sees kw at column tap0 + 2q + kw; the zero rows round KD * KH up to ROW_STEP."""
+    tap_rows = tap_rows_module()
+    weight = torch.randn(5, 3, 2, 3, 7)
+    g = tap_rows.tap_rows_geometry(5, 7, 2, 3)
+    packed = tap_rows.pack_weight_tap_rows(weight, torch.float32, 2, 3, g, row_step=4)
+    assert packed.shape == (8, 64, 32) and (packed[6:] == 0).all()
+    cols = packed.reshape(8, 16, 4, 4, 8)  # row, column, channel, output q, slot
+    for q in range(4):
+        torch.testing.assert_close(cols[:6, 1 + 2 * q:8 + 2 * q, :3, q, :5],
+                                   weight.permute(2, 3, 4, 1, 0).reshape(6, 7, 3, 5), rtol=0, atol=0)
+    assert cols[:, :, 3].abs().sum() == 0 and cols[..., 5:].abs().sum() == 0
 
 
 @pytest.mark.parametrize("c_out", [8, 24], ids=["small_cin_kernel", "onednn"])

@@ -2,9 +2,10 @@
 
 Public entry points: conv3d_bn_act_maxpool, conv3d_bn_act_maxpool_ref (same signature, eager PyTorch),
 small_cin_triton_rule (which stem convs the CUDA backends hand to the small-C_in Triton kernel).
-Backends: triton = the small-C_in kernels (slowfast_kernels/triton/conv3d_bn_act_maxpool.py), with the
-pool fused when it is the stem pool ((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so (the Slow
-stem, not the Fast one), else the conv kernel then torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
+Backends: triton = the small-C_in kernels (slowfast_kernels/triton/conv3d_bn_act_maxpool.py and its
+tap-row kernels for even column strides and W), with the pool fused when it is the stem pool
+((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so (both stems at stride 2), else the conv kernel then
+torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
 small-C_in kernel where plan's measured rule picks it, else oneDNN's fused conv) then max_pool3d;
 reference = eager conv3d + bias + relu + max_pool3d.
 
@@ -38,9 +39,12 @@ def small_cin_triton_rule(c_in: int, dilation: Sequence[int] = (1, 1, 1), residu
     return 1 <= c_in <= MAX_SMALL_CIN and tuple(dilation) == (1, 1, 1) and not residual
 
 
-# The fused/separate pool cost model (H100/H200 figures; constants to re-fit once both paths are measured):
-# the conv kernels gather A element by element (the gather's alignment is unknown to Triton, so no vector
-# loads), ~32 lanes per clock per SM, ~7e12 lane loads/s; HBM ~4.2e12 B/s (GPU_PROFILE.md's copy rate).
+# The fused/separate pool cost model (H200 constants, GPU_PROFILE.md; re-fit once both paths are measured).
+# The tap-row kernels that run the stems are tensor-core bound by their sm_90 SASS counts (see
+# triton/conv3d_bn_act_maxpool.py), so the halo the fused kernel recomputes costs MMA time; the separate
+# pool costs HBM traffic. The other small-C_in kernel (odd W or column stride) gathers element by element:
+# ~7e12 lane loads/s.
+TENSOR_FLOP_PER_S = 790e12
 LANE_LOADS_PER_S = 7.2e12
 HBM_BYTES_PER_S = 4.2e12
 # Bytes per conv output element that a separate pool moves: the conv's store, the pool's read, and the
@@ -49,26 +53,37 @@ SEPARATE_POOL_BYTES_PER_ELEMENT = 2.0  # times the element size, plus:
 SEPARATE_POOL_INDEX_BYTES = 2.0
 
 
-def fuse_pool_rule(weight_shape: Sequence[int], dtype: torch.dtype, pool: Tuple[Tuple[int, ...], ...]) -> bool:
+def fuse_pool_rule(weight_shape: Sequence[int], dtype: torch.dtype, pool: Tuple[Tuple[int, ...], ...],
+                   stride: Sequence[int] = (1, 2, 2), padding: Sequence[int] = (0, 3, 3)) -> bool:
     """Whether the triton/cuda backends pool inside the conv kernel (only the stem pool can be): when the
     conv-output traffic the fused kernel saves costs more than the halo it recomputes, per conv output:
 
         saved  C_out * (2 * element size + 2) bytes / HBM rate
-        extra  (recompute - 1) * padded K lane loads / load rate
+        extra  (recompute - 1) * MMA FLOPs a conv output / tensor rate    (tap-row kernels)
+               (recompute - 1) * padded K lane loads / load rate           (the element gather)
 
-    Fast stem, bf16: saved 8 * 6 = 48 B = 11 ps; extra 0.22 * 1120 loads = 34 ps -> separate pool.
-    Slow stem, bf16: saved 64 * 6 = 384 B = 91 ps; extra 0.31 * 224 loads = 10 ps -> fused.
-    On paper only: bench_conv3d.py's fast_stem / slow_stem cases time both (`triton_pool_fused`,
-    `triton_pool_separate`) on a GPU.
+    Fast stem, bf16 (4 outputs a GEMM row, 36 x 64 x 32 / 4 MACs): saved 8 * 6 = 48 B = 11.4 ps; extra
+    0.14 * 36.9 kFLOP = 6.5 ps -> fused. Slow stem: saved 64 * 6 = 384 B = 91 ps; extra 0.31 * 28.7 kFLOP =
+    11 ps -> fused. The sm_90 bounds agree (batch 32: Fast fused 0.78 ms against conv ~0.9-1.0 + pool ~0.16).
+    Unmeasured on a GPU: bench_conv3d.py's fast_stem / slow_stem cases time both (`triton_pool_fused`,
+    `triton_pool_separate`).
     """
     from ..triton.conv3d_bn_act_maxpool import POOL_CONFIGS, block_n, padded_k, pool_recompute
+    from ..triton.conv3d_bn_act_maxpool_tap_rows import TAP_ROWS_POOL_CONFIGS, tap_rows_geometry
 
     if tuple(tuple(p) for p in pool) != STEM_POOL:
         return False
     c_out, c_in, kd, kh, kw = weight_shape
-    cfg = POOL_CONFIGS[block_n(c_out)]
     elem = torch.empty(0, dtype=dtype).element_size()
     saved_s = c_out * (SEPARATE_POOL_BYTES_PER_ELEMENT * elem + SEPARATE_POOL_INDEX_BYTES) / HBM_BYTES_PER_S
+    geometry = tap_rows_geometry(c_out, kw, stride[2], padding[2])
+    if geometry is not None:
+        cfg = TAP_ROWS_POOL_CONFIGS[geometry["GROUP"]]
+        rows = -(-kd * kh // cfg["ROW_STEP"]) * cfg["ROW_STEP"]
+        flops = 2 * rows * geometry["K_ROW"] * geometry["N_PAD"] / geometry["GROUP"]
+        extra_s = (pool_recompute(cfg["ROWS"], cfg["COLS"]) - 1) * flops / TENSOR_FLOP_PER_S
+        return saved_s > extra_s
+    cfg = POOL_CONFIGS[block_n(c_out)]
     extra_s = (pool_recompute(cfg["ROWS"], cfg["COLS"]) - 1) * padded_k(c_in, kd, kh, kw) / LANE_LOADS_PER_S
     # C_out beyond one N tile recomputes the gather per tile: the kernels take C_out <= 64 in one.
     return saved_s > extra_s * -(-c_out // block_n(c_out))
@@ -198,7 +213,7 @@ def _triton(x, weight, bias, stride, padding, activation, pool, fuse_pool):
         raise ValueError(f"{_NAME}: x: the triton backend runs 1 to {MAX_SMALL_CIN} input channels (the stems), "
                          f"got {x.shape[1]}; use backend='cpu' or 'reference'")
     if fuse_pool is None:
-        fuse_pool = fuse_pool_rule(tuple(weight.shape), x.dtype, pool)
+        fuse_pool = fuse_pool_rule(tuple(weight.shape), x.dtype, pool, stride, padding)
     elif fuse_pool and tuple(tuple(p) for p in pool) != STEM_POOL:
         raise ValueError(f"{_NAME}: fuse_pool=True: the fused kernel pools with kernel (1,3,3), stride (1,2,2), "
                          f"padding (0,1,1), got kernel {pool[0]}, stride {pool[1]}, padding {pool[2]}")

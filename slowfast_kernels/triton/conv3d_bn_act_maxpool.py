@@ -2,23 +2,53 @@
 optionally the stem max-pool (kernel (1,3,3), stride (1,2,2), pad (0,1,1)) fused so only the pooled
 output is written.
 
-Why a kernel of its own: the general implicit GEMM (triton/conv3d_bn_act.py) decodes every K index into
+Two kernel families, picked per call by conv3d_small_cin_triton / conv3d_small_cin_maxpool_triton:
+- the tap-row kernels (conv3d_bn_act_maxpool_tap_rows.py), where the column stride and W are even (both
+  stems at any even frame size): the input as 4-channel NDHWC (a 3-channel input is copied once, 3 -> 4
+  channels), each kernel row (kd, kh) of a GEMM row one run of contiguous 16-byte vectors gathered by
+  cp.async into shared memory, 4 outputs a GEMM row for C_out <= 8, a pipelined loop; see that module.
+- the element-gather kernels below, for everything else (an odd W or column stride, e.g. stride 1).
+
+The element-gather kernels: the general implicit GEMM (triton/conv3d_bn_act.py) decodes every K index into
 (kd, kh, kw, c) with divisions on a [BLOCK_M, BLOCK_K] tile. With C_in = 3 the GEMM is all K: the Fast
 stem (3 -> 8, 5x7x7) is M = 12.8 M rows (batch 32, 224), K = 735, N = 8. Here K is walked as KD x KH steps
 of one (kw, c) row of BLOCK_K = next_pow2(KW * C_in) (21 -> 32 for both stems): the (kw, c) decode and
 each row's valid kw range are computed once per program, each step adds one scalar offset and masks by
-two compares per element. Expected limit on paper: the gather, not the MMA. The Fast stem's 151 GFLOP padded to N = 16 and
-K = 1120 is ~460 GFLOP of bf16 MMA (~0.6 ms at 750 TFLOP/s), while its A operand is 12.8 M x 1120 element
-loads with no provable alignment (so no vector loads), ~2 ms at ~7e12 lane loads/s; still 14x under
-cuDNN's 28.7 ms. (Padding C_in 3 -> 4 in a copy of the input would make each tap 8 aligned bytes: the next
-step if a GPU run confirms the bound.) The weight is packed per call into [KD, KH, BLOCK_K, N_pad] (zeros
-in the padding), so its loads need no mask.
+two compares per element. Their loads are scalar (21 16-bit loads and 32 16-bit shared stores a K step and
+thread for the Fast stem), which bounds the Fast stem at ~3.3 ms (triton 3.6) and ~6 ms (3.9) on an H200.
+The weight is packed per call into [KD, KH, BLOCK_K, N_pad] (zeros in the padding), so its loads need no
+mask.
 
-The fused max-pool: a program computes a ROWS x COLS block of conv outputs starting one row and one
-column before its first pool window, pools it in registers (pairs by reshape + split, the window's third
-element by a one-step tl.gather shift) and writes (ROWS/2 - 1) x (COLS/2 - 1) pooled outputs. Neighbouring
-blocks overlap by the halo, so the conv is recomputed by ROWS*COLS / (4 * (ROWS/2-1) * (COLS/2-1)):
-1.22x at 16 x 32, against 2.25x for computing each 3x3 window's conv outputs separately.
+The fused max-pool (both families): a program computes a ROWS x COLS block of conv outputs starting one row
+and one column before its first pool window, pools it in registers (pairs by reshape + split, the window's
+third element by a one-step tl.gather shift) and writes (ROWS/2 - 1) x (COLS/2 - 1) pooled outputs.
+Neighbouring blocks overlap by the halo, so the conv is recomputed by ROWS*COLS / (4 * (ROWS/2-1) *
+(COLS/2-1)): 1.14x at 32 x 32, 1.22x at 16 x 32, against 2.25x for computing each 3x3 window separately.
+
+sm_90 static bounds at batch 32, 224, bf16 (triton.compile for GPUTarget("cuda", 90, 32) at the launchers'
+specializations, cuobjdump -res-usage / -sass; H200: 132 SMs at 1.755 GHz, 4 warp-instructions issued and
+1 load/store-unit warp-instruction a clock and SM, 790 TFLOP/s bf16 MMA, 4.2 TB/s; est_ms = max of the
+issue, LSU, tensor-core and HBM bounds from the loop's counts x trips, the tap-row kernels' interior and
+edge loops weighted by their tile shares). "loop" = instructions of one K-loop iteration, interior | edge
+loop, (load-store, HGMMA) of each; Fast fused: an iteration is 2 tap rows of a 32 x 32 conv block (256
+GEMM rows of 4 outputs, K 2 x 64, N 32), 18 iterations; the Slow stem's 7 tap rows are unrolled ("all"
+= the whole kernel, masked loop only). No kernel below has stack (spills):
+
+    kernel                        triton  regs  loop                          est_ms (bound)
+    Fast stem, pool fused         3.6     147   288 | 537 (36, 32) x 18       0.783 (tensor; issue 0.67)
+                                  3.9     158   323 | 542 (36, 32) x 18       0.783 (tensor; issue 0.72)
+    3 -> 4 channel copy (Fast)    both     52   no loop, 256 a warp           0.171 (HBM)
+    Slow stem, pool fused         3.6     113   all 1200 (107 ld/st, 28)      0.170 (issue)
+                                  3.9     112   all 1232 (107, 28)            0.174 (issue)
+    3 -> 4 channel copy (Slow)    both     52                                 0.043 (HBM)
+    Fast stem conv alone          3.6      58   301 | 405 (24, 16) x 9        ~0.9 (issue)
+                                  3.9      64   368 | 443 (24, 16) x 9        ~1.0 (issue)
+
+So the stems as the plan runs them (pool fused, copy included): Fast 0.954 ms, Slow 0.21-0.22 ms on both
+versions. The element-gather kernels before them, same method: Fast conv 3.3 ms (3.6; LSU, 165-instruction
+loop) / 6.7 ms (3.9; 372), Fast fused pool 4.2 / 9.8 ms (3.9: 56 B of stack, 988-instruction loop), Slow
+fused pool 0.28 / 0.65 ms; cuDNN measured 28.7 / 1.96 ms. The Fast conv alone + torch's pool (~0.16 ms
+of HBM) + copy is ~1.2 ms: the pool stays fused (fuse_pool_rule). Unmeasured on a GPU.
 
 Accumulation in fp32; every pointer offset in int64 (the Slow stem's conv output at batch 32 is 206 M
 elements; a large batch, or an input with a big batch stride, passes 2**31).
@@ -157,27 +187,40 @@ if triton is not None:
                 x_ptr, w_ptr, b_ptr, n, id0, oh * stride_h - pad_h, ow * stride_w - pad_w, inside,
                 D, H, W, sxn, sxc, sxd, sxh, sxw, c0,
                 C_IN, KD, KH, KW, ROWS * COLS, BLOCK_N, BLOCK_K, N_PAD, RELU, UPCAST_DOT)
-            # Positions outside the conv output are the pool's -inf padding.
-            acc = tl.where(inside[:, None], acc, float("-inf"))
-            # Columns: window b = conv columns 2b, 2b + 1, 2b + 2 of the block.
-            pairs = tl.permute(tl.reshape(acc, (ROWS, B, 2, BLOCK_N)), (0, 1, 3, 2))
-            even, odd = tl.split(pairs)
-            nxt = tl.minimum(tl.arange(0, B) + 1, B - 1)[None, :, None] + tl.zeros((ROWS, B, BLOCK_N), tl.int32)
-            cols = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 1))
-            # Rows: window a = conv rows 2a, 2a + 1, 2a + 2 of the block.
-            pairs = tl.permute(tl.reshape(cols, (R, 2, B, BLOCK_N)), (0, 2, 3, 1))
-            even, odd = tl.split(pairs)
-            nxt = tl.minimum(tl.arange(0, R) + 1, R - 1)[:, None, None] + tl.zeros((R, B, BLOCK_N), tl.int32)
-            pooled = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 0))
-            a = tl.arange(0, R)[:, None, None]
-            b = tl.arange(0, B)[None, :, None]
-            ch = c0 + tl.arange(0, BLOCK_N)[None, None, :]
-            ph = ph0 + a
-            pw = pw0 + b
-            mask = (a < R - 1) & (b < B - 1) & (ph < Hp) & (pw < Wp) & (ch < C_out)
-            y_off = (n * syn + od.to(tl.int64) * syd + ph.to(tl.int64) * syh + pw.to(tl.int64) * syw
-                     + ch.to(tl.int64) * syc)
-            _store_cast(y_ptr, y_off, pooled, mask, BF16_RTNE_BITS)
+            _pool_and_store(y_ptr, acc, inside, n, od, ph0, pw0, c0, C_out, Hp, Wp, syn, syc, syd, syh, syw,
+                            ROWS, COLS, BLOCK_N, BF16_RTNE_BITS)
+
+    @triton.jit
+    def _pool_and_store(
+        y_ptr, acc, inside, n, od, ph0, pw0, c0, C_out, Hp, Wp, syn, syc, syd, syh, syw,
+        ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr, BF16_RTNE_BITS: tl.constexpr,
+    ):
+        """Max-pool (3x3 windows, stride 2) a ROWS x COLS block of conv outputs acc [ROWS * COLS, BLOCK_N]
+        starting one row and one column before pooled output (ph0, pw0), and store the (ROWS/2 - 1) x
+        (COLS/2 - 1) pooled outputs of channels c0 .. c0 + BLOCK_N."""
+        R: tl.constexpr = ROWS // 2
+        B: tl.constexpr = COLS // 2
+        # Positions outside the conv output are the pool's -inf padding.
+        acc = tl.where(inside[:, None], acc, float("-inf"))
+        # Columns: window b = conv columns 2b, 2b + 1, 2b + 2 of the block.
+        pairs = tl.permute(tl.reshape(acc, (ROWS, B, 2, BLOCK_N)), (0, 1, 3, 2))
+        even, odd = tl.split(pairs)
+        nxt = tl.minimum(tl.arange(0, B) + 1, B - 1)[None, :, None] + tl.zeros((ROWS, B, BLOCK_N), tl.int32)
+        cols = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 1))
+        # Rows: window a = conv rows 2a, 2a + 1, 2a + 2 of the block.
+        pairs = tl.permute(tl.reshape(cols, (R, 2, B, BLOCK_N)), (0, 2, 3, 1))
+        even, odd = tl.split(pairs)
+        nxt = tl.minimum(tl.arange(0, R) + 1, R - 1)[:, None, None] + tl.zeros((R, B, BLOCK_N), tl.int32)
+        pooled = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 0))
+        a = tl.arange(0, R)[:, None, None]
+        b = tl.arange(0, B)[None, :, None]
+        ch = c0 + tl.arange(0, BLOCK_N)[None, None, :]
+        ph = ph0 + a
+        pw = pw0 + b
+        mask = (a < R - 1) & (b < B - 1) & (ph < Hp) & (pw < Wp) & (ch < C_out)
+        y_off = (n * syn + od.to(tl.int64) * syd + ph.to(tl.int64) * syh + pw.to(tl.int64) * syw
+                 + ch.to(tl.int64) * syc)
+        _store_cast(y_ptr, y_off, pooled, mask, BF16_RTNE_BITS)
 
 
 # -- configs: fixed per shape class, no autotuning ----------------------------------------------------
@@ -278,6 +321,11 @@ def conv3d_small_cin_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     M = N * To * Ho * Wo
     if M == 0 or C_out == 0:
         return out
+    from .conv3d_bn_act_maxpool_tap_rows import conv3d_tap_rows_triton, tap_rows_fit, to_tap_rows
+
+    if tap_rows_fit(x.shape, weight.shape, stride, padding):
+        return conv3d_tap_rows_triton(to_tap_rows(x), weight, bias, stride, padding, relu, out, out_channel_offset,
+                                      triton_interpreter_enabled())
     w, b, bk, bn, n_pad = _operands(x, weight, bias)
     fixed = dict(_mode())
     cfg = dict(INTERPRETER_CONV) if triton_interpreter_enabled() else dict(CONV_CONFIGS[bn])
@@ -302,6 +350,11 @@ def conv3d_small_cin_maxpool_triton(x: torch.Tensor, weight: torch.Tensor, bias:
     _, _, To, Hp, Wp = out.shape
     if out.numel() == 0:
         return out
+    from .conv3d_bn_act_maxpool_tap_rows import conv3d_tap_rows_maxpool_triton, tap_rows_fit, to_tap_rows
+
+    if tap_rows_fit(x.shape, weight.shape, stride, padding):
+        return conv3d_tap_rows_maxpool_triton(to_tap_rows(x), weight, bias, stride, padding, relu, conv_hw, out,
+                                              triton_interpreter_enabled())
     w, b, bk, bn, n_pad = _operands(x, weight, bias)
     fixed = dict(_mode())
     cfg = dict(INTERPRETER_POOL) if triton_interpreter_enabled() else dict(POOL_CONFIGS[bn])
