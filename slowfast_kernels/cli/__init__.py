@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p.set_defaults(func=backends_)
+
+    from ..gpu_report.command import add_parser as add_gpu_report
+    add_gpu_report(sub, EPILOG)
     return parser
 
 
