@@ -13,6 +13,7 @@ eager on the same input, and parity_ok (rel_err under PARITY_TOL): a fast wrong 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Dict, Optional
 
 import torch
@@ -149,7 +150,8 @@ def _stem_fn(s, d, impl, fuse_pool=None):
     import slowfast_kernels as sk
 
     if impl == "eager":
-        mod = torch.nn.Sequential(d["conv"], d["bn"], torch.nn.ReLU(), d["pool"]).to(d["x"].dtype).eval()
+        # A copy: .to() converts modules in place, and the other impls fold the fp32 ones.
+        mod = copy.deepcopy(torch.nn.Sequential(d["conv"], d["bn"], torch.nn.ReLU(), d["pool"])).to(d["x"].dtype)
         return lambda: mod(d["x"])
     if impl in ("cudnn", "onednn"):
         wc = d["w"].to(s["dtype"]).contiguous(memory_format=CL)
@@ -238,7 +240,7 @@ def _layer_case(ctx, s, key, count, impl, cache):
     c = cache
     extra = dict(count=count, layer_flops=layer_flops(key))
     if impl == "eager":
-        mod = torch.nn.Sequential(c["conv"], c["bn"], torch.nn.ReLU()).to(s["dtype"]).eval()
+        mod = copy.deepcopy(torch.nn.Sequential(c["conv"], c["bn"], torch.nn.ReLU())).to(s["dtype"])
         fn = lambda: mod(c["x"])  # noqa: E731
     elif impl == "cudnn":
         wc = c["w"].to(s["dtype"]).contiguous(memory_format=CL)

@@ -15,6 +15,7 @@ backend "eager" (inductor takes ~20 s for this model on a 2-core CPU), no graphs
 from __future__ import annotations
 
 import copy
+import gc
 import time
 
 import torch
@@ -160,5 +161,6 @@ def end_to_end(ctx) -> None:
             ctx.skip(name, "a GPU figure (no CUDA device)")
             continue
         ctx.run_case(name, fn, needs_s=needs_s)
+        gc.collect()  # the case's models and CUDA graphs (their memory pools) go before the next one
         if run.cuda:
             torch.cuda.empty_cache()

@@ -123,8 +123,8 @@ def test_suite(ctx) -> None:
         run = [e for e in journal.read(jpath, "tests") if e.get("attempt") == attempt]
         if any(e.get("event") == "pytest_finish" for e in run):
             break  # pytest ended by itself (xdist survived any crash)
-        reported = {e["nodeid"] for e in run if e.get("event") == "test_report"}
-        dangling = [e["nodeid"] for e in run if e.get("event") == "test_start" and e["nodeid"] not in reported]
+        finished = {e["nodeid"] for e in run if e.get("event") == "test_report" and e["when"] in ("teardown", "???")}
+        dangling = [e["nodeid"] for e in run if e.get("event") == "test_start" and e["nodeid"] not in finished]
         if not dangling:
             stopped = f"pytest ended with status {rc} before running a test (see the log)"
             break
