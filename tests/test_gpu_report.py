@@ -198,7 +198,10 @@ def test_needs_cuda_selection():
     assert needs_cuda(Item("t.py::test_x", reason="needs a CUDA GPU"))
     assert needs_cuda(Item("t.py::test_parity[fp32-cuda]"))
     assert needs_cuda(Item("t.py::test_native_op_validates_itself"))
+    assert needs_cuda(Item("t.py::test_cuda_matches_reference[x]"))
     assert not needs_cuda(Item("t.py::test_parity[fp32-cpu]"))
+    assert not needs_cuda(Item("t.py::test_api[fuse(model, cuda_graph=auto)]"))
+    assert not needs_cuda(Item("t.py::test_cudart_free_name"))
     assert not needs_cuda(Item("t.py::test_x", reason="needs PyAV"))
 
 

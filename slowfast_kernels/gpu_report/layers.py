@@ -2,7 +2,7 @@
 stride, padding) with how often one forward runs it, a case name and its FLOPs. Shared by gpu-report and
 benchmarks/bench_conv3d.py.
 
-R50 8x8 at 224: 110 convs, 48 distinct shapes (the stems, 52 Fast and 52 Slow pathway convs, 4 laterals).
+R50 8x8 at 224: 110 convs (the 2 stems, 52 Fast and 52 Slow pathway convs, 4 laterals), 51 distinct shapes.
 """
 from __future__ import annotations
 

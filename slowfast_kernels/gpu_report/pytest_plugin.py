@@ -4,6 +4,7 @@
                       pytest-xdist, whose crash reports name the test a dead worker was running)
 --sk-select cuda      keep only the tests that need CUDA (see needs_cuda), and none marked slow
 --sk-exclude PATH     deselect the node ids listed in PATH (tests an earlier, crashed run already ran)
+--sk-parent-pid PID   end this pytest (and its workers) when PID, the report, is gone
 --sk-test-timeout S   per-test limit: past it the process running the test dumps every stack into the
                       log and exits (xdist replaces the worker and reports the test as crashed)
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import re
 import threading
 import time
 
@@ -29,6 +31,7 @@ def pytest_addoption(parser):
     group.addoption("--sk-exclude", default=None)
     group.addoption("--sk-test-timeout", type=float, default=0.0)
     group.addoption("--sk-attempt", type=int, default=0)
+    group.addoption("--sk-parent-pid", type=int, default=0)
 
 
 def needs_cuda(item) -> bool:
@@ -41,7 +44,10 @@ def needs_cuda(item) -> bool:
         if "cuda" in str(mark.kwargs.get("reason", "")).lower():
             return True
     name = getattr(item, "originalname", None) or item.name.split("[")[0]
-    return "cuda" in item.nodeid.lower() or name.startswith("test_native")
+    params = item.name[len(name):]
+    # "cuda" as a word of the name (test_parity_cuda, test_cuda_x) or a parameter (dtype0-cuda, not cuda_graph)
+    return bool(re.search(r"(^|_)cuda(_|$)", name) or re.search(r"(?<!\w)cuda(?!\w)", params)
+                or name.startswith("test_native"))
 
 
 def _is_worker(config) -> bool:
@@ -92,6 +98,10 @@ class _Journal:
 
     def pytest_sessionstart(self, session):
         if not self.worker:
+            from .child import end_with_parent
+
+            if self.config.getoption("--sk-parent-pid"):  # started by the report, in a session of its own
+                end_with_parent(self.config.getoption("--sk-parent-pid"))
             _emit(self.config, "pytest_start", pid=os.getpid())
 
     def pytest_runtest_logstart(self, nodeid, location):

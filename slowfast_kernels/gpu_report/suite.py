@@ -39,8 +39,8 @@ def _xdist_workers(requested) -> int:
 def _pytest_cmd(paths, select, workers, timeout_s, jpath, log, exclude, attempt) -> List[str]:
     cmd = [sys.executable, "-m", "pytest", *paths, "-p", "slowfast_kernels.gpu_report.pytest_plugin",
            f"--sk-journal={jpath}", f"--sk-log={log}", f"--sk-select={select}", f"--sk-exclude={exclude}",
-           f"--sk-test-timeout={timeout_s}", f"--sk-attempt={attempt}", "-q", "-rN", "-p", "no:cacheprovider",
-           "--color=no"]
+           f"--sk-test-timeout={timeout_s}", f"--sk-attempt={attempt}", f"--sk-parent-pid={os.getpid()}",
+           "-q", "-rN", "-p", "no:cacheprovider", "--color=no"]
     if importlib.util.find_spec("pytest_benchmark") is not None:
         cmd.append("--benchmark-disable")
     if workers:
