@@ -53,12 +53,15 @@ def _conv_bn(c_in, c_out, kernel, stride, padding, device, seed=0):
 
 @contextlib.contextmanager
 def _fp32_exact():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    """For the fp32 references: TF32 off, and no cuDNN algorithm search (a reference runs once: searching
+    fp32 algorithms for 51 shapes would cost seconds of the stage's time and time nothing)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
+    cudnn.allow_tf32 = matmul.allow_tf32 = cudnn.benchmark = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
 def _timed(ctx, s, suite_case, impl, fn, ref, flops, **extra):
