@@ -29,7 +29,7 @@ HARD_STOP_GRACE_S = 20.0   # past the deadline by this much, the process group e
 def end_with_parent(parent: int, deadline: Optional[float] = None) -> None:
     """A daemon thread that kills this process's group (torch.compile's or xdist's workers too) when the
     process `parent` (the report, which started it) is gone, or `deadline` + HARD_STOP_GRACE_S passes: a
-    stage runs in a session of its own, so nothing else would stop it if the report itself were killed."""
+    stage runs in a process group of its own, so nothing else would stop it if the report itself were killed."""
     if os.getpgid(0) != os.getpid():
         return  # not a group of its own (started by hand): there is no group to end
 

@@ -100,7 +100,7 @@ class _Journal:
         if not self.worker:
             from .child import end_with_parent
 
-            if self.config.getoption("--sk-parent-pid"):  # started by the report, in a session of its own
+            if self.config.getoption("--sk-parent-pid"):  # started by the report, in a process group of its own
                 end_with_parent(self.config.getoption("--sk-parent-pid"))
             _emit(self.config, "pytest_start", pid=os.getpid())
 

@@ -6,7 +6,7 @@ Files in DIR (TAG = the GPU, e.g. h200; cpu<N> for --dry-run):
   TAG-gpu_report.jsonl  the journal every process appends to (the report is rebuilt from it)
   TAG-gpu_report.log    the stages' output, pytest's, and the stack dumps of stalls and crashes
 
-An isolated stage runs in a child process (python -m slowfast_kernels.gpu_report.child) in a session of
+An isolated stage runs in a child process (python -m slowfast_kernels.gpu_report.child) in a process group of
 its own: at its limit the report kills the whole process group (torch.compile's workers too) and records
 the case that was running as not finished; a crash (a segfault, a sticky CUDA error) ends only that
 process, and the report starts the stage again from the next case (at most MAX_RESTARTS times).

@@ -6,7 +6,7 @@ so a sample lasts >= min_sample_s (a 20 us layer timed one call per event pair w
 input, so layers whose tensors fit the H200's 60 MB L2 are timed warm.
 
 A record is {case, impl, baseline, median_s, iqr_s, min_s, max_s, rounds, peer, ...}; finalize() adds
-what conftest's session end adds: the fastest member of each peer group again under the group's name
+what conftest's pytest_sessionfinish adds: the fastest member of each peer group again under the group's name
 (impl "eager" / "compile", `variant` = the member), speedup_vs_baseline, speedup_vs_<impl> against every
 other impl of the case, tflops and model_flop_utilization against a `bf16_gemm` ceiling record.
 """
