@@ -22,13 +22,13 @@ Run: python -m pytest benchmarks/bench_conv3d.py   (GPU: the same command on a C
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 
 import pytest
 import torch
 
 import slowfast_kernels as sk
-import slowfast_reference as sr
+from slowfast_kernels.gpu_report.layers import STEMS, case_name, model_layers
+from slowfast_kernels.gpu_report.layers import layer_flops as flops
 
 from conftest import _records
 
@@ -39,39 +39,8 @@ CL = torch.channels_last_3d
 COMPILE = os.environ.get("SLOWFAST_BENCH_COMPILE", "0") == "1"
 
 
-def model_layers(arch="slowfast_r50_8x8", batch=BATCH, size=224):
-    """OrderedDict {(input shape, C_out, kernel, stride, padding): count} from a meta-device forward."""
-    model = getattr(sr, arch)().to("meta").eval()
-    layers = OrderedDict()
-
-    def count(m, inputs, output):
-        key = (tuple(inputs[0].shape), m.out_channels, m.kernel_size, m.stride, m.padding)
-        layers[key] = layers.get(key, 0) + 1
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
-    cfg = model.config
-    t = cfg.num_frames
-    model([torch.empty(batch, 3, t // cfg.alpha, size, size, device="meta"),
-           torch.empty(batch, 3, t, size, size, device="meta")])
-    for h in hooks:
-        h.remove()
-    return layers
-
-
-LAYERS = model_layers()
+LAYERS = model_layers(batch=BATCH)
 CASES = list(LAYERS)
-
-
-def case_name(key):
-    shape, cout, k, s, _ = key
-    return f"{shape[1]}->{cout} {'x'.join(map(str, k))} s{s[1]}{'t' + str(s[0]) if s[0] > 1 else ''} " \
-           f"T{shape[2]} {shape[3]}px"
-
-
-def flops(key):
-    shape, cout, k, s, p = key
-    out = [(shape[2 + i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(3)]
-    return 2 * shape[0] * cout * out[0] * out[1] * out[2] * shape[1] * k[0] * k[1] * k[2]
 
 
 def build(key):
@@ -142,10 +111,6 @@ def test_conv3d_layer(measure, key, impl):
                 count=LAYERS[key], layer_flops=flops(key))
 
 
-STEMS = {
-    "fast_stem": dict(t=32, c_out=8, kernel=(5, 7, 7), padding=(2, 3, 3)),
-    "slow_stem": dict(t=8, c_out=64, kernel=(1, 7, 7), padding=(0, 3, 3)),
-}
 STEM_BATCH = 32 if CUDA else 1
 STEM_DTYPE = torch.bfloat16 if CUDA else torch.float32
 STEM_IMPLS = (["eager", "cudnn", "fused", "triton_pool_fused", "triton_pool_separate"] if CUDA

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .export import add_parser as add_export
     add_export(sub, EPILOG)
+    from ..gpu_report.command import add_parser as add_gpu_report
+    add_gpu_report(sub, EPILOG)
     return parser
 
 
