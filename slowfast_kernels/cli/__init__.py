@@ -59,7 +59,7 @@ def _common(p: argparse.ArgumentParser, size: int, crop: int, default_device: st
 def build_parser() -> argparse.ArgumentParser:
     from .classify import run as classify
     from .commands import backends_, bench, demo
-    from .launch import __doc__ as launch_doc
+    from .launch import __doc__ as launch_doc, torchrun as launch_torchrun
 
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--debug", action="store_true", help=f"show the full traceback of an error "
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "command's exit status and no launcher traceback (3: videos failed)",
                        epilog=EPILOG, description=launch_doc.split("\n\n")[0])
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[TORCHRUN OPTIONS] COMMAND ...")
+    p.set_defaults(func=lambda args, debug: launch_torchrun(args.rest))  # main() hands it over before argparse
 
     p = sub.add_parser("backends", help="which kernel backends can run here, and why the others cannot",
                        epilog=EPILOG)
