@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("torchrun", help="torchrun's options, then a command (classify ...): torchrun, with the "
                                         "command's exit status and no launcher traceback (3: videos failed)",
                        epilog=EPILOG, description=launch_doc.split("\n\n")[0])
-    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[TORCHRUN OPTIONS] COMMAND ...")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[TORCHRUN OPTIONS] COMMAND ...",
+                   help="torchrun's options (python -m torch.distributed.run --help), then the command and its "
+                        "arguments, e.g. --nproc-per-node 2 classify videos/ -o out.jsonl")
     p.set_defaults(func=lambda args, debug: launch_torchrun(args.rest))  # main() hands it over before argparse
 
     p = sub.add_parser("backends", help="which kernel backends can run here, and why the others cannot",
