@@ -15,6 +15,8 @@ from slowfast_kernels.__main__ import main
 from slowfast_kernels.cli import build_parser, classify
 from _cli_corpus import json_lines
 
+pytest.importorskip("av")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
