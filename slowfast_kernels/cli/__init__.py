@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 
 from . import options
-from .errors import DEBUG_ENV, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from .errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 PROG = "python -m slowfast_kernels"
 DESCRIPTION = "SlowFast video networks: fused inference kernels, checkpoint loading, video classification."
@@ -59,6 +59,7 @@ def _common(p: argparse.ArgumentParser, size: int, crop: int, default_device: st
 def build_parser() -> argparse.ArgumentParser:
     from .classify import run as classify
     from .commands import backends_, bench, demo
+    from .launch import __doc__ as launch_doc, torchrun as launch_torchrun
 
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--debug", action="store_true", help=f"show the full traceback of an error "
@@ -84,10 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a text file, one path a line)")
     p.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="append the JSON lines to FILE; videos already in it are skipped, so a stopped run "
-                        "resumes (default: stdout, progress on stderr)")
+                        "resumes; a FILE made with other settings is refused (default, or -: stdout)")
+    p.add_argument("--overwrite", action="store_true", help="start --output over: its records are removed")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="classify again the videos with an error line in --output (the line is replaced)")
     p.add_argument("--views", type=int, default=1, choices=[1, 30],
-                   help="1: the centre crop of the centre clip; 30: 10 temporal x 3 spatial crops "
-                        "(PySlowFast's test protocol) (default: 1)")
+                   help="1: the centre crop of clip 0 of 1 (the video's first 2.1 s, 64 frames at 30 fps: "
+                        "PySlowFast's single-view test sampling); 30: 10 temporal x 3 spatial crops (PySlowFast's test "
+                        "protocol) (default: 1)")
     p.add_argument("--top", type=int, default=5, help="labels per video, most probable first (default: 5)")
     p.add_argument("--batch-size", type=options.positive_int, default=None, metavar="N",
                    help="views per forward, across videos (default: 16 on CUDA, 4 on CPU)")
@@ -113,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the fused model without CUDA graphs")
     p.set_defaults(func=bench)
 
+    p = sub.add_parser("torchrun", help="torchrun's options, then a command (classify ...): torchrun, with the "
+                                        "command's exit status and no launcher traceback (3: videos failed)",
+                       epilog=EPILOG, description=launch_doc.split("\n\n")[0])
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[TORCHRUN OPTIONS] COMMAND ...",
+                   help="torchrun's options (python -m torch.distributed.run --help), then the command and its "
+                        "arguments, e.g. --nproc-per-node 2 classify videos/ -o out.jsonl")
+    p.set_defaults(func=lambda args, debug: launch_torchrun(args.rest))  # main() hands it over before argparse
+
     p = sub.add_parser("backends", help="which kernel backends can run here, and why the others cannot",
                        epilog=EPILOG)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -133,6 +146,17 @@ def _error(message: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; returns its exit status (argparse's --help: 0, its errors: 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["torchrun"]:  # torchrun's options pass through untouched: argparse must not see them
+        from .launch import torchrun
+
+        return torchrun(argv[1:])
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+
+
+def _main(argv: List[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error already printed
@@ -145,8 +169,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as exc:
         if debug:
             traceback.print_exc()
-        _error(str(exc))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same bad option
+            _error(str(exc))
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
@@ -159,3 +186,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         more = f" ({len(lines) - 1} more lines with --debug)" if len(lines) > 1 else ""
         _error(f"{first}{more}")
         return EXIT_ERROR
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``... | head -2``): no traceback, no 'Exception ignored' at exit, and
+    the status of a process killed by SIGPIPE (128 + 13), as coreutils give."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush of stdout goes nowhere
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (a test's capture)
+        pass
+    return EXIT_BROKEN_PIPE

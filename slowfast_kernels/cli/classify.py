@@ -22,9 +22,10 @@ from typing import Deque, List, Optional, Tuple
 
 import torch
 
-from . import options
-from .corpus import ResultsFile, encode, expand_inputs, read_results
+from . import options, resume
+from .corpus import ResultsFile, encode, expand_inputs, read_results, video_key
 from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
+from .progress import Progress
 
 RANDOM_WEIGHTS = "random weights (no --checkpoint): the labels are meaningless"
 
@@ -32,7 +33,7 @@ RANDOM_WEIGHTS = "random weights (no --checkpoint): the labels are meaningless"
 @dataclass
 class _Video:
     path: str
-    started: float
+    seconds: float  # its own time: decoding, packing its views, its share of each forward (no queueing)
     views: int
     scores: Optional[torch.Tensor] = None
     scored: int = 0
@@ -86,13 +87,13 @@ class _Distributed:
 
 
 def _decode(path: str, num_frames: int, sampling_rate: int, temporal: int):
-    """The clips of one video (worker thread): (time decoding started, [DecodedClip] of its temporal views)."""
+    """The clips of one video (worker thread): (seconds spent decoding, [DecodedClip] of its temporal views)."""
     from slowfast_kernels import io
 
     started = time.perf_counter()
     clips = [io.read_video(path, num_frames=num_frames, sampling_rate=sampling_rate, clip_idx=t, num_clips=temporal)
              for t in range(temporal)]
-    return started, clips
+    return time.perf_counter() - started, clips
 
 
 class _VideoError(Exception):
@@ -132,6 +133,7 @@ class _Batcher:
             self.buffers = self._new_buffers()
         slot = len(self.owners)
         slow, fast = self.buffers
+        started = time.perf_counter()
         try:
             sk.pack_pathways(frames, index, self.cfg.alpha, size=self.args.size, crop=self.args.crop,
                              spatial_idx=spatial_idx, dtype=self.fused_dtype, channels_last=True,
@@ -139,6 +141,7 @@ class _Batcher:
         except (ValueError, RuntimeError) as exc:  # frames this video cannot be packed from
             video.failed = True
             raise _VideoError(exc) from exc
+        video.seconds += time.perf_counter() - started
         self.owners.append(video)
         if len(self.owners) == self.batch:
             self.run()
@@ -149,8 +152,11 @@ class _Batcher:
         slow, fast = self.buffers
         n = len(self.owners) if self.device.type != "cuda" else self.batch
         inputs = [fast[:n]] if self.cfg.slow_only else [slow[:n], fast[:n]]
+        started = time.perf_counter()
         probs = self.fused(inputs).float().cpu()
+        share = (time.perf_counter() - started) / len(self.owners)  # each view's part of the forward
         for i, video in enumerate(self.owners):
+            video.seconds += share
             # PySlowFast: the views' probabilities summed, in view order, then divided by the view count
             video.scores = probs[i].clone() if video.scores is None else video.scores + probs[i]
             video.scored += 1
@@ -166,28 +172,35 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     # Everything that can be wrong with the options, before the model exists.
     device = dist.device(options.check_device(args.device))
     options.check_backend(args.backend, device)
-    videos = expand_inputs(args.videos)
+    videos = expand_inputs(args.videos, warn=_say(dist.rank == 0))
     options.check_geometry(args, options.first_existing(videos))
     source = options.ModelSource.resolve(args, debug)
     options.check_top(args.top, source.num_classes)
     labels = options.read_labels(args.labels, source.num_classes)
-    results = ResultsFile(args.output, dist.rank, dist.world_size) if args.output else None
+    output = resume.output_path(args)
+    results = ResultsFile(output, dist.rank, dist.world_size) if output else None
+    plan = resume.plan(args, source.arch, videos, results)  # every rank reads what is done before any writes
     dist.init(device)
     try:
-        return _run(args, dist, device, videos, source, labels, results, sk)
+        return _run(args, dist, device, videos, source, labels, results, plan, sk)
     finally:
         dist.close()
 
 
-def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) -> int:
+def _say(rank0: bool):
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank0 else (lambda msg: None)
+
+
+def _run(args, dist: _Distributed, device, videos, source, labels, results, plan, sk) -> int:
     rank0 = dist.rank == 0
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank0 else (lambda msg: None)
-    done = results.done() if results is not None else {}
-    pending = [v for v in videos if v not in done]
-    dist.barrier()  # every rank has read what is done before any rank writes
+    say = _say(rank0)
+    pending = plan.pending
+    if rank0:
+        plan.prepare(results)  # --overwrite, --retry-failed, a killed run's part files merged
+    dist.barrier()  # OUTPUT is ready before any rank writes
     mine = pending[dist.rank::dist.world_size]
-    if done:
-        say(f"resuming: {len(videos) - len(pending)} of {len(videos)} videos already in {args.output}")
+    if results is not None and plan.message(len(videos), results.path):
+        say(plan.message(len(videos), results.path))
     if source.detected:
         say(f"checkpoint {args.checkpoint}: {source.arch} ({source.format} layout, {source.num_classes} classes)")
     if source.state is None:
@@ -205,19 +218,17 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
     sampling_rate = options.SAMPLING_RATE[source.arch]
     failed = 0
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(mine), unit="video", file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
-               disable=args.no_progress or not rank0, desc=f"classify ({dist.world_size} ranks)" if dist.active
-               else "classify")
+    bar = Progress(pending, mine, dist.rank, dist.world_size, results, disable=args.no_progress)
 
     def write(record: dict) -> None:
+        record = {"video": record["video"], "resolved": video_key(record["video"]), **record,
+                  "settings": plan.settings}
         if results is not None:
             results.write(record)
         else:
             sys.stdout.buffer.write(encode(record))
             sys.stdout.flush()
-        bar.update(1)
+        bar.wrote()
 
     def emit(video: _Video) -> None:
         scores = video.scores / video.views
@@ -225,7 +236,7 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
         record = {"video": video.path,
                   "top": [[labels[i], round(p, 6)] for p, i in zip(top.values.tolist(), top.indices.tolist())],
                   "views": args.views, "arch": source.arch, "checkpoint": args.checkpoint,
-                  "seconds": round(time.perf_counter() - video.started, 3)}
+                  "seconds": round(video.seconds, 3)}
         if args.checkpoint is None:
             record["warning"] = RANDOM_WEIGHTS
         write(record)
@@ -245,12 +256,12 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
             path, future = queue.popleft()
             submit()
             try:
-                started, clips = future.result()
+                decode_seconds, clips = future.result()
             except Exception as exc:  # noqa: BLE001 - one undecodable video must not end the run
                 failed += 1
                 write({"video": path, "error": _error_text(exc)})
                 continue
-            video = _Video(path, started, temporal * len(spatial))
+            video = _Video(path, decode_seconds, temporal * len(spatial))
             try:
                 for clip in clips:
                     frames, index = clip.frames.to(device, non_blocking=True), clip.index.to(device)
@@ -260,10 +271,10 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
                 failed += 1
                 write({"video": path, "error": _error_text(exc.__cause__)})
         batcher.run()
-    bar.close()
     if results is not None:
         results.close()
     dist.barrier()  # every part file is complete
+    bar.close()
     if results is None:
         return EXIT_VIDEOS_FAILED if failed else EXIT_OK
     if rank0:
@@ -271,12 +282,12 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
     dist.barrier()
     if not rank0:
         return EXIT_OK  # rank 0 reports the status of the whole run
-    final = read_results(args.output)
-    errors = [v for v in videos if "error" in final.get(v, {})]
-    missing = [v for v in videos if v not in final]
+    final = read_results(results.path)
+    errors = [v for v in videos if "error" in final.get(video_key(v), {})]
+    missing = [v for v in videos if video_key(v) not in final]
     if missing:  # cannot happen unless a rank was stopped: then the run is not complete
-        raise RuntimeError(f"{len(missing)} video(s) have no line in {args.output} (first: {missing[0]}); "
+        raise RuntimeError(f"{len(missing)} video(s) have no line in {results.path} (first: {missing[0]}); "
                            "run the same command again to finish them")
-    say(f"{len(videos)} videos in {args.output}, {len(errors)} failed to decode" if errors
-        else f"{len(videos)} videos in {args.output}")
+    say(f"{len(videos)} videos in {results.path}, {len(errors)} failed to decode (--retry-failed runs them again)"
+        if errors else f"{len(videos)} videos in {results.path}")
     return EXIT_VIDEOS_FAILED if errors else EXIT_OK

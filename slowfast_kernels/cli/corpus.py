@@ -7,13 +7,17 @@ tail off before appending. Under torchrun each rank appends to its own part file
 rank 0 merges the part files into OUTPUT at the end, skipping videos already there, then removes them.
 A run reads OUTPUT and every part file, so videos in either are never classified twice, whatever the
 number of processes of the run that wrote them.
+
+A video is known by its key, its absolute path with symlinks resolved (``"resolved"`` in its record), so
+``../corpus/a.mp4`` and ``/data/corpus/a.mp4`` are one video; ``"video"`` keeps the path as it was given.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-from typing import Dict, Iterable, List, Optional
+import sys
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .errors import UsageError
 
@@ -21,15 +25,30 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
                     ".ts", ".mts", ".ogv")
 
 
-def expand_inputs(items: Iterable[str]) -> List[str]:
-    """Video paths, in order, each once: a file as given, a directory's video files (recursively, sorted),
-    the lines of an @list file (blank lines and # comments skipped; entries are checked when decoded)."""
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def video_key(path: str) -> str:
+    """The identity of a video, whatever its spelling: its absolute path with symlinks resolved."""
+    return os.path.realpath(path)
+
+
+def record_key(record: dict) -> str:
+    return record.get("resolved") or video_key(record["video"])
+
+
+def expand_inputs(items: Iterable[str], warn: Callable[[str], None] = _stderr) -> List[str]:
+    """Video paths, in order, each once (by video_key): a file as given, a directory's video files
+    (recursively, sorted; symlinks followed, a directory reached twice searched once), the lines of an
+    @list file (blank lines and # comments skipped; a relative entry is relative to the list's folder;
+    entries are checked when decoded)."""
     videos: List[str] = []
     for item in items:
         if item.startswith("@"):
             videos.extend(_read_list(item[1:]))
         elif os.path.isdir(item):
-            found = _walk(item)
+            found = _walk(item, warn)
             if not found:
                 raise UsageError(f"{item}: a directory without video files ({', '.join(VIDEO_EXTENSIONS)})")
             videos.extend(found)
@@ -37,7 +56,10 @@ def expand_inputs(items: Iterable[str]) -> List[str]:
             videos.append(item)
         else:
             raise UsageError(f"{item}: no such file or directory")
-    return list(dict.fromkeys(videos))
+    unique: Dict[str, str] = {}
+    for video in videos:
+        unique.setdefault(video_key(video), video)
+    return list(unique.values())
 
 
 def _read_list(path: str) -> List[str]:
@@ -48,20 +70,57 @@ def _read_list(path: str) -> List[str]:
         raise UsageError(f"@{path}: no such list file") from None
     except OSError as exc:
         raise UsageError(f"@{path}: {exc.strerror or exc}") from None
-    return [line for line in lines if line and not line.startswith("#")]
+    folder = os.path.dirname(path)  # os.path.join keeps an absolute entry as it is
+    return [os.path.join(folder, line) for line in lines if line and not line.startswith("#")]
 
 
-def _walk(root: str) -> List[str]:
-    found = []
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling symlink, a file removed meanwhile: the decoder names it later
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk(root: str, warn: Callable[[str], None] = _stderr) -> List[str]:
+    """Video files under root, each real file once: a directory (or file) already reached by another path,
+    a symlink loop such as ``self -> .`` among them, is skipped, with one warning for the walk."""
+    found: List[str] = []
+    seen_dirs: Set[Tuple[int, int]] = set()
+    seen_files: Set[Tuple[int, int]] = set()
+    skipped: List[str] = []
     for directory, subdirs, files in os.walk(root, followlinks=True):
-        subdirs.sort()
-        found.extend(os.path.join(directory, name) for name in sorted(files)
-                     if name.lower().endswith(VIDEO_EXTENSIONS))
+        seen_dirs.add(_identity(directory))
+        kept = []
+        # Real folders claim their identity before symlinks to them, so a folder is listed by its own path.
+        for name in sorted(subdirs, key=lambda n: (os.path.islink(os.path.join(directory, n)), n)):
+            identity = _identity(os.path.join(directory, name))
+            if identity is None or identity in seen_dirs:
+                skipped.append(os.path.join(directory, name))
+                continue
+            seen_dirs.add(identity)
+            kept.append(name)
+        subdirs[:] = sorted(kept)
+        for name in sorted(files):
+            if not name.lower().endswith(VIDEO_EXTENSIONS):
+                continue
+            path = os.path.join(directory, name)
+            identity = _identity(path)
+            if identity is not None:
+                if identity in seen_files:
+                    continue
+                seen_files.add(identity)
+            found.append(path)
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warn(f"warning: {root}: skipped {len(skipped)} symlinked folder(s) already searched (a symlink loop or "
+             f"a second path to one folder): {shown}")
     return found
 
 
 def read_results(path: str) -> Dict[str, dict]:
-    """video -> its record, from every complete, parseable line of a results file (missing file: empty)."""
+    """video key -> its first record, from every complete, parseable line of a results file (missing file:
+    empty)."""
     records: Dict[str, dict] = {}
     try:
         with open(path, "rb") as f:
@@ -74,7 +133,7 @@ def read_results(path: str) -> Dict[str, dict]:
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("video"), str):
-            records.setdefault(record["video"], record)
+            records.setdefault(record_key(record), record)
     return records
 
 
@@ -122,8 +181,8 @@ class ResultsFile:
         """Every video with a line in OUTPUT or a part file."""
         records = read_results(self.path)
         for part in self.part_files():
-            for video, record in read_results(part).items():
-                records.setdefault(video, record)
+            for key, record in read_results(part).items():
+                records.setdefault(key, record)
         return records
 
     def open(self) -> None:
@@ -146,6 +205,38 @@ class ResultsFile:
             os.close(self._fd)
             self._fd = None
 
+    def start_over(self) -> None:
+        """Rank 0, before any rank writes (--overwrite): OUTPUT and its part files removed."""
+        for path in [self.path, *self.part_files()]:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+    def drop(self, keys: Set[str]) -> None:
+        """Rank 0, before any rank writes, the part files merged (--retry-failed): OUTPUT rewritten without
+        the records of `keys` (a new file renamed over the old one: a kill leaves the old or the new)."""
+        try:
+            with open(self.path, "rb") as f:
+                lines = f.read().split(b"\n")[:-1]
+        except FileNotFoundError:
+            return
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+                if isinstance(record, dict) and record_key(record) in keys:
+                    continue
+            except (ValueError, KeyError, TypeError):
+                pass
+            kept.append(line + b"\n")
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
     def merge_parts(self) -> None:
         """Rank 0, after every rank closed its part: append the part files' videos missing from OUTPUT."""
         parts = self.part_files()
@@ -156,10 +247,10 @@ class ResultsFile:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             for part in parts:
-                for video, record in read_results(part).items():
-                    if video not in seen:
+                for key, record in read_results(part).items():
+                    if key not in seen:
                         os.write(fd, encode(record))
-                        seen.add(video)
+                        seen.add(key)
             os.fsync(fd)
         finally:
             os.close(fd)
