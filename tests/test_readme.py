@@ -18,7 +18,7 @@ README = (ROOT / "README.md").read_text()
 # `python -m slowfast_kernels <cmd>` (or `torchrun ... -m slowfast_kernels <cmd>`) starts a CLI command; the other
 # tools the README names take their own options, which are not ours to check.
 CLI = re.compile(r"(?:python )?-m slowfast_kernels ([a-z][a-z0-9_-]*)")
-OTHER_TOOLS = re.compile(r"\bpip install\b|\btorchrun\b|python -m pytest|python benchmarks/|python setup\.py|\btrtexec\b|\bovc\b")
+OTHER_TOOLS = re.compile(r"\bpip install\b|\btorchrun\b|python -m pytest|python benchmarks/|python setup\.py|\btrtexec\b|\bovc\b|\bsm90_report\b")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
