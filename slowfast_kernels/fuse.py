@@ -434,11 +434,12 @@ def fuse(
     if cuda_graph not in (True, False, "auto"):
         raise ValueError(f"fuse: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     check_max_cached_shapes(max_cached_shapes, "fuse")
+    device = _check_device(device) if device is not None else None
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ValueError(f"fuse: model weight {name} has non-finite values (NaN or inf); refusing to fuse")
-        device = _check_device(device) if device is not None else next(model.parameters()).device
+        device = device if device is not None else next(model.parameters()).device
         if cuda_graph is True and device.type != "cuda":
             raise ValueError(f"fuse: cuda_graph=True needs a CUDA device, got {device}")
         fused = FusedSlowFast(model, dtype, backend, max_cached_shapes).to(device)
