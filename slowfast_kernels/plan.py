@@ -460,8 +460,10 @@ class FoldedConv(nn.Module):
             runner = make_runner(w, b, self.stride, self.padding, self.dilation, act, x, self.backend,
                                  shared=self._shared.setdefault(part, {}))
             runners[key] = runner
+            # (another thread running this model may evict too: pop and move without failing)
             while len(runners) > self.max_cached_shapes:
-                runners.popitem(last=False)
+                runners.pop(next(iter(runners), None), None)
         else:
-            runners.move_to_end(key)
+            with contextlib.suppress(KeyError):
+                runners.move_to_end(key)
         return runner(x, residual, residual_is_scratch)
