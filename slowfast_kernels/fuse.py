@@ -413,7 +413,7 @@ def fuse(
     a warning, where capture fails; True requires graphs (CUDA only); False never uses them. Works alike
     inside and outside torch.inference_mode() / torch.no_grad(). The reference model is not modified.
     max_cached_shapes: how many input signatures (shapes, dtypes) keep their prepared runners (LRU, default
-    4; each holds about one packed copy of the conv weights, ~130 MB for R50 in fp32); more signatures
+    4; each holds up to one packed copy of the conv weights, ~130 MB for R50 in fp32); more signatures
     still run, rebuilding runners for the ones pushed out.
     """
     if not isinstance(model, SlowFast):

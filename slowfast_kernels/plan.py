@@ -19,7 +19,7 @@ Memory: each layer keeps the runners of its last ``max_cached_shapes`` input sig
 used first out; default DEFAULT_MAX_CACHED_SHAPES, fuse(..., max_cached_shapes=N) sets it). What does not
 depend on the input shape (the Winograd transformed filters, the small-C_in kernel's weight) is prepared
 once per layer, dtype and device and shared by every shape's runner; oneDNN's packed weights are per shape
-(oneDNN picks the packing for the input size it is given), so they are what the bound bounds: about one
+(oneDNN picks the packing for the input size it is given), so they are what the bound bounds: up to one
 copy of the model's conv weights per cached signature (R50: ~130 MB fp32).
 
 NaN and inf propagate as in eager PyTorch: our kernels' ReLU keeps NaN, and oneDNN's ReLU post-op (which
