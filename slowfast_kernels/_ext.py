@@ -5,6 +5,9 @@ the extension is missing is kept for slowfast_kernels.backends to report.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import warnings
 from typing import Optional
 
@@ -12,13 +15,28 @@ import torch
 
 LOAD_ERROR: Optional[str] = None
 
-try:
-    from . import _C  # noqa: F401  (importing registers the native ops with torch.library)
-except ImportError as exc:  # not built, or built against another torch
-    LOAD_ERROR = (
-        f"the compiled extension slowfast_kernels._C did not load ({exc}); build it with "
-        "`pip install --no-build-isolation -e .`"
-    )
+
+def _load_error() -> Optional[str]:
+    """Import _C (registering the native ops with torch.library); None on success, else the real cause.
+
+    `from . import _C` inside the package's own import reports a missing file as "cannot import name '_C'
+    from partially initialized module ... (most likely due to a circular import)": hence the lookup first
+    and importlib for the load itself."""
+    name = f"{__package__}._C"
+    build = "build it with `pip install --no-build-isolation -e .`"
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        where = os.path.dirname(os.path.abspath(__file__))
+        return f"the compiled extension {name} is not built (no _C*.so in {where}); {build}"
+    try:
+        importlib.import_module(name)
+    except (ImportError, OSError) as exc:  # built against another torch, or a damaged file
+        return f"the compiled extension {spec.origin} did not load: {exc}; re{build}"
+    return None
+
+
+LOAD_ERROR = _load_error()
+if LOAD_ERROR is not None:
     warnings.warn(f"slowfast_kernels: {LOAD_ERROR}. The reference and Triton backends still work.", stacklevel=2)
 
 

@@ -5,7 +5,8 @@ What changes against the reference (and why it is faster):
   fuse() time, a bottleneck's conv c carrying the shortcut add and the final ReLU in its epilogue (on CPU
   accumulated in place into the shortcut's memory);
 - each layer's runner (cast and packed weights, backend) is prepared once per input shape
-  (slowfast_kernels.plan), so a forward is a sequence of kernel calls;
+  (slowfast_kernels.plan), so a forward is a sequence of kernel calls; the last `max_cached_shapes` input
+  signatures keep theirs (LRU), so a stream of mixed shapes runs in bounded memory;
 - channels_last_3d end to end (oneDNN's and cuDNN's fastest layout for these convs);
 - concat fusion without a concatenated tensor: the next stage's first convs (conv a and the shortcut of
   block 0) read the Slow output and the lateral tensor as two K-ranges of one conv,
@@ -19,7 +20,9 @@ What changes against the reference (and why it is faster):
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import threading
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,7 +36,9 @@ from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem
 from .ops.conv3d_bn_act_maxpool import MAX_SMALL_CIN, conv3d_bn_act_maxpool
 from .ops.conv3d_bn_act_maxpool import resolve_backend as resolve_stem_backend
 from .ops.lateral_fuse import lateral_fuse
-from .plan import FoldedConv, _triple, reuse_cpu_buffers
+from .backends import BackendUnavailable
+from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, _triple, all_finite, check_max_cached_shapes,
+                   inputs_known_finite, release_cpu_buffers, reuse_cpu_buffers)
 
 CL = torch.channels_last_3d
 
@@ -143,11 +148,19 @@ class FusedLateral(nn.Module):
 class FusedSlowFast(nn.Module):
     """Inference-only drop-in for a reference SlowFast: ``fused([slow, fast])`` (or ``fused([x])``).
 
-    Inputs may be any layout; they are cast to the model dtype and channels_last_3d. Returns float32
-    logits (or probabilities with head_act="softmax") like the reference.
+    Inputs: floating-point tensors (normalized frames, as the reference takes) on the model's device, any
+    layout; they are cast to the model dtype and channels_last_3d. Returns float32 logits (or probabilities
+    with head_act="softmax") like the reference; NaN and inf propagate as in the reference. The weights stay
+    float32 buffers whatever the compute dtype: casting the model (.half(), .to(dtype)) is refused, the
+    dtype is chosen by fuse(model, dtype=...).
+
+    Runners are kept for the last `max_cached_shapes` input signatures (set_max_cached_shapes); on CPU a
+    signature that pushes one out also returns the buffer cache's idle blocks (sized for the old shapes).
+    Copies, pickles and torch.save drop every runner; they are rebuilt at the next forward.
     """
 
-    def __init__(self, model: SlowFast, dtype: torch.dtype, backend: str) -> None:
+    def __init__(self, model: SlowFast, dtype: torch.dtype, backend: str,
+                 max_cached_shapes: int = DEFAULT_MAX_CACHED_SHAPES) -> None:
         super().__init__()
         self.config, self.dtype, self.backend = model.config, dtype, backend
         self.slow_only = model.config.slow_only
@@ -171,12 +184,71 @@ class FusedSlowFast(nn.Module):
         # exact as the features allow.
         self.register_buffer("head_weight", head.proj.weight.detach().float().clone())
         self.register_buffer("head_bias", head.proj.bias.detach().float().clone())
+        self._signatures_lock = threading.Lock()
+        self.set_max_cached_shapes(max_cached_shapes)
+
+    def set_max_cached_shapes(self, n: int) -> None:
+        """Keep the runners of the last n input signatures (n >= 1; fuse's max_cached_shapes)."""
+        self.max_cached_shapes = check_max_cached_shapes(n, "FusedSlowFast")
+        self._signatures: "collections.OrderedDict[tuple, None]" = collections.OrderedDict()
+        for m in self.modules():
+            if isinstance(m, FoldedConv):
+                m.max_cached_shapes = n
+                for runners in m._runners.values():
+                    while len(runners) > n:
+                        runners.popitem(last=False)
 
     def reset(self) -> None:
         """Forget every prepared runner (after editing weights in place; load_state_dict and .to() reset)."""
         for m in self.modules():
             if isinstance(m, FoldedConv):
                 m.reset()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_signatures"] = collections.OrderedDict()
+        del state["_signatures_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._signatures_lock = threading.Lock()
+
+    def _apply(self, fn, *args, **kwargs):
+        device = self.head_weight.device
+        probe = fn(torch.zeros((), device=device))
+        if probe.dtype != torch.float32:
+            raise TypeError(f"fused model: cannot be cast to {probe.dtype}: its weights stay float32 and the compute "
+                            f"dtype ({self.dtype}) is fixed when fusing: use fuse(model, dtype={probe.dtype})")
+        return super()._apply(fn, *args, **kwargs)
+
+    def _check_inputs(self, inputs: Sequence[torch.Tensor]) -> None:
+        check_inputs(self.config, inputs)
+        device = self.head_weight.device
+        names = ("slow",) if self.slow_only else ("slow", "fast")
+        for name, t in zip(names, inputs):
+            if not t.is_floating_point():
+                raise ValueError(f"inputs[{name}]: expected a floating-point tensor of normalized frames (as the "
+                                 f"reference model takes), got {t.dtype}; decoded uint8 video goes through "
+                                 "fused.from_video() or pack_pathways()")
+            if t.device != device:
+                raise ValueError(f"inputs[{name}]: is on {t.device}, the fused model on {device}: move the input "
+                                 f"(.to('{device}')) or fuse the model for that device (fuse(model, device=...))")
+
+    def _note_signature(self, inputs: Sequence[torch.Tensor]) -> None:
+        """Track the recent input signatures; one pushed out frees the CPU buffer cache's idle blocks (their
+        sizes are the old shape's: kept, a stream of mixed shapes would hold up to the cache's 4 GB bound)."""
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        with self._signatures_lock:
+            if key in self._signatures:
+                self._signatures.move_to_end(key)
+                return
+            self._signatures[key] = None
+            evicted = len(self._signatures) > self.max_cached_shapes
+            while len(self._signatures) > self.max_cached_shapes:
+                self._signatures.popitem(last=False)
+        if evicted:
+            release_cpu_buffers()
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype=self.dtype).contiguous(memory_format=CL)
@@ -215,10 +287,16 @@ class FusedSlowFast(nn.Module):
         return logits.softmax(dim=-1).mean(dim=(1, 2, 3))
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        check_inputs(self.config, inputs)
+        self._check_inputs(inputs)
         # no_grad: inference only; also lets weights made under inference_mode be used outside it.
         cpu = inputs[0].device.type == "cpu"
-        with torch.no_grad(), reuse_cpu_buffers() if cpu else contextlib.nullcontext():
+        if not cpu or torch.compiler.is_compiling():
+            with torch.no_grad():
+                return self.head(self.features(inputs))
+        self._note_signature(inputs)
+        # One finiteness check per input here spares every oneDNN ReLU layer its own (plan: NaN and inf).
+        finite = all(all_finite(t) for t in inputs)
+        with torch.no_grad(), reuse_cpu_buffers(), inputs_known_finite(finite):
             return self.head(self.features(inputs))
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
@@ -251,6 +329,11 @@ class CUDAGraphRunner(nn.Module):
         self.strict = strict
         self._graphs: Dict[Tuple, Optional[Tuple[torch.cuda.CUDAGraph, List[torch.Tensor], torch.Tensor]]] = {}
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_graphs"] = {}  # captured graphs are process state: recaptured at the next forward
+        return state
+
     @property
     def config(self):
         return self.model.config
@@ -269,7 +352,7 @@ class CUDAGraphRunner(nn.Module):
         return graph, static_in, static_out
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        check_inputs(self.model.config, inputs)
+        self.model._check_inputs(inputs)
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
         if key not in self._graphs:
             try:
@@ -294,12 +377,31 @@ class CUDAGraphRunner(nn.Module):
         return self(_pack_for(self.model, video, fast_index, pack_kwargs))
 
 
+def _check_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"fuse: device: expected a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}"
+                         f" ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise BackendUnavailable(f"fuse: device={device!r}: CUDA is not available ({why}); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"fuse: device={device!r}: there are {torch.cuda.device_count()} CUDA devices")
+    elif dev.type not in ("cpu", "meta"):
+        raise ValueError(f"fuse: device: expected a cpu or cuda device, got {device!r}")
+    return dev
+
+
 def fuse(
     model: nn.Module,
     dtype: torch.dtype = torch.float32,
     device: Optional[torch.device] = None,
     backend: str = "auto",
     cuda_graph: Union[bool, str] = "auto",
+    max_cached_shapes: int = DEFAULT_MAX_CACHED_SHAPES,
 ) -> nn.Module:
     """Turn an eval-mode reference SlowFast into a fused inference model (see module docstring).
 
@@ -310,6 +412,9 @@ def fuse(
     cuda_graph: "auto" (default) captures a CUDA graph per input shape on CUDA devices and falls back, with
     a warning, where capture fails; True requires graphs (CUDA only); False never uses them. Works alike
     inside and outside torch.inference_mode() / torch.no_grad(). The reference model is not modified.
+    max_cached_shapes: how many input signatures (shapes, dtypes) keep their prepared runners (LRU, default
+    4; each holds up to one packed copy of the conv weights, ~130 MB for R50 in fp32); more signatures
+    still run, rebuilding runners for the ones pushed out.
     """
     if not isinstance(model, SlowFast):
         if not isinstance(model, nn.Module):
@@ -328,14 +433,16 @@ def fuse(
         raise ValueError(f"fuse: dtype must be float32, bfloat16 or float16, got {dtype}")
     if cuda_graph not in (True, False, "auto"):
         raise ValueError(f"fuse: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
+    check_max_cached_shapes(max_cached_shapes, "fuse")
+    device = _check_device(device) if device is not None else None
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ValueError(f"fuse: model weight {name} has non-finite values (NaN or inf); refusing to fuse")
-        device = torch.device(device) if device is not None else next(model.parameters()).device
+        device = device if device is not None else next(model.parameters()).device
         if cuda_graph is True and device.type != "cuda":
             raise ValueError(f"fuse: cuda_graph=True needs a CUDA device, got {device}")
-        fused = FusedSlowFast(model, dtype, backend).to(device)
+        fused = FusedSlowFast(model, dtype, backend, max_cached_shapes).to(device)
     fused.eval()
     if device.type == "cuda" and cuda_graph:
         return CUDAGraphRunner(fused, strict=cuda_graph is True)

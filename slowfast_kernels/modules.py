@@ -93,6 +93,11 @@ class Conv3dBNAct(nn.Module):
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, backend={self.backend!r}"
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}  # prepared weights and runners (oneDNN's are opaque tensors): rebuilt on the next call
+        return state
+
     def train(self, mode: bool = True) -> "Conv3dBNAct":
         self._cache = {}
         return super().train(mode)

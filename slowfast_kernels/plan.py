@@ -14,10 +14,26 @@ FoldedConv is the layer: an inference-only conv with BN folded into fp32 buffers
 so state dicts, ``.to()`` and torch.compile see plain tensors. ``part`` splits its input channels in two
 K-ranges, conv(concat(a, b), W) = conv(a, W[:, :Ca]) + conv(b, W[:, Ca:]): the fused model feeds a
 lateral site's Slow output and lateral tensor to the next stage without concatenating them.
+
+Memory: each layer keeps the runners of its last ``max_cached_shapes`` input signatures (least recently
+used first out; default DEFAULT_MAX_CACHED_SHAPES, fuse(..., max_cached_shapes=N) sets it). What does not
+depend on the input shape (the Winograd transformed filters, the small-C_in kernel's weight) is prepared
+once per layer, dtype and device and shared by every shape's runner; oneDNN's packed weights are per shape
+(oneDNN picks the packing for the input size it is given), so they are what the bound bounds: up to one
+copy of the model's conv weights per cached signature (R50: ~130 MB fp32).
+
+NaN and inf propagate as in eager PyTorch: our kernels' ReLU keeps NaN, and oneDNN's ReLU post-op (which
+drops it) runs only on inputs known to be finite; otherwise oneDNN runs the conv alone and torch's relu_
+follows. The fused model checks its inputs once per forward (a sum per input: ~1 ms of a ~450 ms R50
+forward, and what is finite there stays finite layer to layer unless fp32 overflows); a runner called on
+its own checks its x and residual (one sum each).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import contextvars
+import threading
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -30,6 +46,36 @@ from .ops.conv3d_winograd import WinogradConv, winograd_supports, winograd_wins
 from .ops.conv3d_winograd_time import WinogradTimeConv, winograd_time_supports, winograd_time_wins
 
 Runner = Callable[..., torch.Tensor]
+
+# Runners kept per layer (and per K-range of a split layer): input signatures, least recently used first out.
+DEFAULT_MAX_CACHED_SHAPES = 4
+
+# True / False: the caller (the fused model) checked that this forward's inputs are all finite / are not;
+# None: unknown, each oneDNN ReLU call checks its own operands.
+_inputs_finite: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("inputs_finite", default=None)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in t: one sum (NaN or inf in makes it non-finite; a finite sum that overflows only costs
+    the NaN-exact path)."""
+    return bool(torch.isfinite(t.sum(dtype=torch.float32)))
+
+
+@contextlib.contextmanager
+def inputs_known_finite(finite: bool) -> Iterator[None]:
+    """Within: the runners take this forward's inputs as checked (finite or not) instead of checking each call."""
+    token = _inputs_finite.set(finite)
+    try:
+        yield
+    finally:
+        _inputs_finite.reset(token)
+
+
+def _finite_operands(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+    known = _inputs_finite.get()
+    if known is not None:
+        return known
+    return all_finite(x) and (residual is None or all_finite(residual))
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -63,23 +109,29 @@ class OneDNNConv:
 
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                  residual_is_scratch: bool = False) -> torch.Tensor:
+        # oneDNN's ReLU post-op is max(x, 0) in the operand order that turns NaN into 0: with a non-finite
+        # operand the conv runs alone and torch's relu_ (NaN-propagating) follows.
+        relu_after = self.activation == "relu" and not _finite_operands(x, residual)
+        activation, unary = ("none", None) if relu_after else (self.activation, self.unary)
         if residual is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias, *self.args, self.activation,
-                                                           [], None)
-        r = residual.to(x.dtype).contiguous(memory_format=self.fmt)
-        if residual_is_scratch and r is residual:
-            return torch.ops.mkldnn._convolution_pointwise_.binary(r, x, self.packed, self.bias_x, *self.args,
-                                                                   "add", 1.0, self.unary, [], None)
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, r, self.packed, self.bias_x, *self.args, "add",
-                                                              1.0, self.unary, [], None)
+            y = torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias, *self.args, activation, [], None)
+        else:
+            r = residual.to(x.dtype).contiguous(memory_format=self.fmt)
+            if residual_is_scratch and r is residual:
+                y = torch.ops.mkldnn._convolution_pointwise_.binary(r, x, self.packed, self.bias_x, *self.args,
+                                                                    "add", 1.0, unary, [], None)
+            else:
+                y = torch.ops.mkldnn._convolution_pointwise.binary(x, r, self.packed, self.bias_x, *self.args,
+                                                                   "add", 1.0, unary, [], None)
+        return y.relu_() if relu_after else y
 
 
 class SmallCinConv:
     """The stems' CPU conv (ops/conv3d_small_cin.py: vectorized along output rows), bias and ReLU fused."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
-                 activation: str, x: torch.Tensor) -> None:
-        self.weight = weight.float().contiguous()
+                 activation: str, x: torch.Tensor, shared: Optional[Dict[tuple, torch.Tensor]] = None) -> None:
+        self.weight = _shared(shared, ("small_cin", x.device), lambda: weight.float().contiguous())
         self.bias = None if bias is None else bias.float().contiguous()
         self.stride, self.padding, self.activation = list(stride), list(padding), activation
 
@@ -133,6 +185,16 @@ class CudnnConv2D:
             return y if residual is None else y.add_(residual)
 
 
+def _shared(cache: Optional[Dict[tuple, torch.Tensor]], key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """make() once per key in cache (a layer's shape-independent prepared weights), or every time without one."""
+    if cache is None:
+        return make()
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = make()
+    return hit
+
+
 def view2d_kind(weight_shape, stride, padding, dilation) -> Optional[str]:
     """Which 2D conv over a view of NDHWC memory computes this conv3d, or None.
 
@@ -184,8 +246,13 @@ def _view2d_ok(x: torch.Tensor) -> bool:
 
 
 def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation, activation: str,
-                x: torch.Tensor, backend: str, variant: str = "auto") -> Runner:
+                x: torch.Tensor, backend: str, variant: str = "auto",
+                shared: Optional[Dict[tuple, torch.Tensor]] = None) -> Runner:
     """The fastest runner for inputs like x (shape, dtype, device, layout) that `backend` allows.
+
+    shared: a dict the caller keeps per layer (and weight): the runner's shape-independent prepared weights
+    (transformed Winograd filters, the small-C_in weight) are taken from it or added to it, so runners of
+    several input shapes hold one copy.
 
     variant: "3d", "2d" (View2D, where view2d_kind allows it), "winograd" (CPU 1x3x3 convs by F(4x4, 3x3)),
     "winograd_time" (CPU 3x1x1 convs by F(4, 3)) or "auto": on CUDA the faster of 3d and 2d by one
@@ -203,25 +270,25 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
                              f"and the cpu or cuda backend (got {chosen!r})")
         return View2D(kind, OneDNNConv if chosen == "cpu" else CudnnConv2D, *geometry, x)
     if chosen == "cpu" and variant == "auto" and small_cin_wins(x, weight.shape, stride, padding, dilation):
-        return SmallCinConv(*geometry, x)
+        return SmallCinConv(*geometry, x, shared)
     if variant == "winograd_time":
         if chosen != "cpu" or not winograd_time_supports(x, weight.shape, stride, padding, dilation):
             raise ValueError(f"make_runner: variant 'winograd_time' needs the cpu backend (got {chosen!r}), a float32 "
                              f"input and a 3x1x1 kernel with stride 1 and padding (1, 0, 0) (got "
                              f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)})")
-        return WinogradTimeConv(*geometry, x)
+        return WinogradTimeConv(*geometry, x, shared)
     if variant == "winograd":
         if chosen != "cpu" or not winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype):
             raise ValueError(f"make_runner: variant 'winograd' needs the cpu backend (got {chosen!r}), a float32 "
                              f"input and a 1x3x3 kernel with stride 1 and padding (0, 1, 1) (got "
                              f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)})")
-        return WinogradConv(weight, bias, activation)
+        return WinogradConv(weight, bias, activation, shared=shared)
     if chosen == "cpu" and variant == "auto":
         if winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype) \
                 and winograd_wins(x.shape, weight.shape):
-            return WinogradConv(weight, bias, activation)
+            return WinogradConv(weight, bias, activation, shared=shared)
         if winograd_time_wins(x, weight.shape, stride, padding, dilation):
-            return WinogradTimeConv(*geometry, x)
+            return WinogradTimeConv(*geometry, x, shared)
     if chosen == "cpu":
         # oneDNN runs a temporal Kx1x1 conv faster as the (K, 1) 2D conv over [N, C, T, H*W] (2 cores, fp32,
         # batch 1: Slow 1024->256 3x1x1 at 8x14x14 8.86 -> 6.53 ms, 1280->512 22.3 -> 16.4 ms; every temporal
@@ -240,21 +307,50 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
     return two_d if pick == "2d" else three_d
 
 
+class _BufferCacheUsers:
+    """How many reuse_cpu_buffers scopes are open, in any thread. The cache is c10's process-wide CPU
+    allocator: the first scope to open enables it and the last to close restores the state found before
+    the first (two threads each saving and restoring "the previous state" left it enabled in 4 of 10
+    trials, and it then kept the user's own tensors)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.was_enabled = False
+
+    def enter(self) -> bool:
+        ops = torch.ops.slowfast_kernels
+        with self.lock:
+            if self.count == 0:
+                self.was_enabled = ops.cpu_buffer_cache_enable(True)
+            self.count += 1
+            return ops.cpu_buffer_cache_enabled()
+
+    def exit(self) -> None:
+        with self.lock:
+            self.count -= 1
+            if self.count == 0:
+                torch.ops.slowfast_kernels.cpu_buffer_cache_enable(self.was_enabled)
+
+
+_buffer_cache_users = _BufferCacheUsers()
+
+
 @contextlib.contextmanager
 def reuse_cpu_buffers() -> Iterator[bool]:
     """Within: large CPU tensors come from the extension's buffer cache (csrc/cpu/buffer_cache.cpp), so a
     forward reuses the previous forward's activation memory instead of faulting fresh pages in (~24 ms of a
     357 ms R50 8x8 CPU forward). Yields whether the cache is active (False without the extension).
-    release_cpu_buffers() returns the cached memory to the system."""
+    Thread-safe: scopes are counted across threads; the cache is on while any is open and back to its
+    earlier state when the last closes. release_cpu_buffers() returns the cached memory to the system."""
     if _ext.LOAD_ERROR is not None or torch.compiler.is_compiling():
         yield False
         return
-    ops = torch.ops.slowfast_kernels
-    was = ops.cpu_buffer_cache_enable(True)
+    active = _buffer_cache_users.enter()
     try:
-        yield ops.cpu_buffer_cache_enabled()
+        yield active
     finally:
-        ops.cpu_buffer_cache_enable(was)
+        _buffer_cache_users.exit()
 
 
 def release_cpu_buffers() -> int:
@@ -262,6 +358,13 @@ def release_cpu_buffers() -> int:
     if _ext.LOAD_ERROR is not None:
         return 0
     return int(torch.ops.slowfast_kernels.cpu_buffer_cache_clear())
+
+
+def check_max_cached_shapes(n, who: str) -> int:
+    """n as the runner cache bound, or a ValueError naming max_cached_shapes."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{who}: max_cached_shapes must be an int >= 1, got {n!r}")
+    return n
 
 
 def _triple(v) -> Tuple[int, int, int]:
@@ -276,9 +379,13 @@ class FoldedConv(nn.Module):
     the activation; part=("tail", n) convolves x with W[:, n:] alone (no bias, no activation): the partial
     sum a "head" call then takes as its residual. Weights are snapshots: after editing the buffers in place
     call reset() (load_state_dict, .to() and friends reset by themselves).
+
+    Runners are kept for the last ``max_cached_shapes`` input signatures per part (LRU); copies, pickles
+    and torch.save leave them out (oneDNN's packed weights are opaque tensors) and the next call rebuilds them.
     """
 
-    def __init__(self, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d], activation: str, backend: str) -> None:
+    def __init__(self, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d], activation: str, backend: str,
+                 max_cached_shapes: int = DEFAULT_MAX_CACHED_SHAPES) -> None:
         super().__init__()
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"FoldedConv: conv: expected groups=1 and explicit zero padding, got {conv!r}")
@@ -288,7 +395,8 @@ class FoldedConv(nn.Module):
         self.stride, self.padding = _triple(conv.stride), _triple(conv.padding)
         self.dilation = _triple(conv.dilation)
         self.activation, self.backend = activation, backend
-        self._runners: Dict[tuple, Runner] = {}
+        self.max_cached_shapes = check_max_cached_shapes(max_cached_shapes, "FoldedConv")
+        self.reset()
 
     @property
     def in_channels(self) -> int:
@@ -305,7 +413,18 @@ class FoldedConv(nn.Module):
 
     def reset(self) -> None:
         """Forget every prepared runner (they are rebuilt from the buffers on the next call)."""
-        self._runners = {}
+        # part -> {input signature: runner}, least recently used first; part -> shape-independent weights
+        self._runners: Dict[Optional[tuple], "collections.OrderedDict[tuple, Runner]"] = {}
+        self._shared: Dict[Optional[tuple], Dict[tuple, torch.Tensor]] = {}
+
+    def cached_shapes(self) -> int:
+        """The most input signatures any part of this layer holds runners for."""
+        return max((len(r) for r in self._runners.values()), default=0)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_runners"], state["_shared"] = {}, {}
+        return state
 
     def _apply(self, fn, *args, **kwargs):
         self.reset()
@@ -331,10 +450,20 @@ class FoldedConv(nn.Module):
             return conv3d_bn_act(x, w.to(x.dtype).contiguous(memory_format=layout_of(x)), b, self.stride,
                                  self.padding, self.dilation, residual=residual, activation=act,
                                  backend=self.backend)
-        key = (part, x.shape, x.dtype, x.device, layout_of(x))
-        runner = self._runners.get(key)
+        key = (x.shape, x.dtype, x.device, layout_of(x))
+        runners = self._runners.get(part)
+        if runners is None:
+            runners = self._runners[part] = collections.OrderedDict()
+        runner = runners.get(key)
         if runner is None:
             w, b, act = self._part(part)
-            runner = make_runner(w, b, self.stride, self.padding, self.dilation, act, x, self.backend)
-            self._runners[key] = runner
+            runner = make_runner(w, b, self.stride, self.padding, self.dilation, act, x, self.backend,
+                                 shared=self._shared.setdefault(part, {}))
+            runners[key] = runner
+            # (another thread running this model may evict too: pop and move without failing)
+            while len(runners) > self.max_cached_shapes:
+                runners.pop(next(iter(runners), None), None)
+        else:
+            with contextlib.suppress(KeyError):
+                runners.move_to_end(key)
         return runner(x, residual, residual_is_scratch)

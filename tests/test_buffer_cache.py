@@ -63,3 +63,68 @@ def test_fused_forward_faults_no_fresh_pages_and_keeps_results():
     assert ((again - expected).abs().max() / expected.abs().max()) < 1e-4
     assert faults < 300, f"{faults} minor page faults per forward"
     assert ops.cpu_buffer_cache_bytes() > 0
+
+
+def test_scopes_in_two_threads_restore_the_allocator_in_any_order():
+    """Thread A opens, B opens, A closes (B still inside: the cache stays on), B closes (the cache is off).
+    Each scope saving and restoring "the previous state" ended with the cache on for good, and it then kept
+    the user's own tensors."""
+    import threading
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with reuse_cpu_buffers():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with reuse_cpu_buffers():
+            b_in.set()
+            a_out.wait(10)
+            seen["inside_after_a_left"] = ops.cpu_buffer_cache_enabled()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"inside_after_a_left": True}
+    assert not ops.cpu_buffer_cache_enabled()
+
+
+def test_fused_models_in_two_threads():
+    """Two threads each running a fused model: right results, and the allocator restored after both."""
+    import threading
+
+    models = [randomize(R.slowfast_r50_8x8(num_classes=5), seed=s).eval() for s in (1, 2)]
+    fused = [sk.fuse(m) for m in models]
+    x = R.pack_pathways(torch.randn(1, 3, 32, 48, 48), 4)
+    with torch.no_grad():
+        expected = [m(x) for m in models]
+    start = threading.Barrier(2)
+    results, errors = [[], []], []
+
+    def run(i):
+        try:
+            start.wait(10)
+            with torch.no_grad():
+                for _ in range(4):
+                    results[i].append(fused[i](x))
+        except Exception as exc:  # reported below: an exception in a thread would otherwise pass silently
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert not ops.cpu_buffer_cache_enabled()
+    for got, want in zip(results, expected):
+        assert len(got) == 4
+        for y in got:
+            assert ((y - want).abs().max() / want.abs().max()) < 1e-4

@@ -122,6 +122,7 @@ def test_fused_model_takes_it_for_the_wide_temporal_layers():
     x = R.pack_pathways(torch.randn(1, 3, 32, 32, 32), 4)
     with torch.no_grad():
         expected, actual = model(x), fused(x)
-    runners = [r for m in fused.modules() for r in getattr(m, "_runners", {}).values()]
+    runners = [r for m in fused.modules() for per_part in getattr(m, "_runners", {}).values()
+               for r in per_part.values()]
     assert sum(isinstance(r, WinogradTimeConv) for r in runners) >= 10  # Slow res4 + res5 conv a, Fast res4/res5
     assert ((actual - expected).abs().max() / expected.abs().max()).item() < 1e-4

@@ -86,3 +86,33 @@ def test_reference_backend_runner_and_2d_refusal():
     ncdhw = x.contiguous()  # the views are copies unless the input is channels_last_3d
     with pytest.raises(ValueError, match="channels_last_3d"):
         make_runner(weight, bias, s, p, d, "relu", ncdhw, "cpu", variant="2d")
+
+
+@NATIVE
+def test_folded_conv_keeps_the_last_shapes_and_shares_shape_independent_weights():
+    """An LRU of max_cached_shapes input signatures per layer; the Winograd transformed filter (independent of
+    the input shape) is one tensor for every shape's runner, oneDNN's packed weight is per shape."""
+    from slowfast_kernels.ops.conv3d_winograd import WinogradConv
+    from slowfast_kernels.plan import FoldedConv
+
+    conv = torch.nn.Conv3d(32, 40, (1, 3, 3), padding=(0, 1, 1), bias=False)
+    bn = torch.nn.BatchNorm3d(40).eval()
+    layer = FoldedConv(conv, bn, "relu", "cpu", max_cached_shapes=2)
+    xs = [torch.randn(n, 32, 2, h, h).contiguous(memory_format=CL) for n, h in ((1, 5), (2, 6), (1, 7))]
+
+    def check(x):
+        y = layer.run(x)
+        with torch.no_grad():
+            torch.testing.assert_close(y, torch.relu(bn(conv(x))), rtol=1e-4, atol=1e-4)
+
+    for x in xs[:2]:
+        check(x)
+    runners = list(layer._runners[None].values())
+    assert all(isinstance(r, WinogradConv) for r in runners) and runners[0].packed is runners[1].packed
+    check(xs[0])  # a hit: xs[1] becomes the least recently used
+    check(xs[2])
+    assert layer.cached_shapes() == 2
+    assert [tuple(k[0]) for k in layer._runners[None]] == [tuple(xs[0].shape), tuple(xs[2].shape)]
+    assert len(layer._shared[None]) == 1
+    with pytest.raises(ValueError, match="max_cached_shapes"):
+        FoldedConv(conv, bn, "relu", "cpu", max_cached_shapes=0)

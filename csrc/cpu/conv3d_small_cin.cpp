@@ -115,10 +115,11 @@ __attribute__((target("avx512f"))) void row_avx512(const float* const* rows, con
           }
         }
       }
+      // max(0, a): vmaxps returns its second operand when one is NaN, so NaN propagates as in torch.relu.
       const __m512 zero = _mm512_setzero_ps();
       for (int64_t k = 0; k < kCoBlock; ++k) {
-        _mm512_store_ps(tile[0][k], relu ? _mm512_max_ps(a0[k], zero) : a0[k]);
-        _mm512_store_ps(tile[1][k], relu ? _mm512_max_ps(a1[k], zero) : a1[k]);
+        _mm512_store_ps(tile[0][k], relu ? _mm512_max_ps(zero, a0[k]) : a0[k]);
+        _mm512_store_ps(tile[1][k], relu ? _mm512_max_ps(zero, a1[k]) : a1[k]);
       }
       const int64_t cols = std::min(2 * kLanes, g.Wo - wo0);
       const int64_t chans = std::min(kCoBlock, g.Co - co0);

@@ -52,7 +52,8 @@ struct Vec {
       _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
     }
   }
-  Vec max0() const { return {_mm512_max_ps(v, _mm512_setzero_ps())}; }
+  // max(0, v): vmaxps returns its second operand when one is NaN, so NaN propagates as in torch.relu.
+  Vec max0() const { return {_mm512_max_ps(_mm512_setzero_ps(), v)}; }
   Vec operator+(const Vec& o) const { return {_mm512_add_ps(v, o.v)}; }
   Vec operator-(const Vec& o) const { return {_mm512_sub_ps(v, o.v)}; }
   Vec operator*(float s) const { return {_mm512_mul_ps(v, _mm512_set1_ps(s))}; }
@@ -145,7 +146,7 @@ struct Vec {
   }
   Vec max0() const {
     Vec r;
-    for (int i = 0; i < 16; ++i) r.v[i] = std::max(v[i], 0.0f);
+    for (int i = 0; i < 16; ++i) r.v[i] = std::max(v[i], 0.0f);  // (a < b ? b : a): NaN stays NaN
     return r;
   }
   Vec operator+(const Vec& o) const {

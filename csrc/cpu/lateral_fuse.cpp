@@ -134,7 +134,7 @@ inline void store_run(scalar_t* dst, const scalar_t* src, int64_t count, int64_t
   }
   for (int64_t i = 0; i < count; ++i) {
     opmath_t v = static_cast<opmath_t>(src[i * src_step]);
-    if (RELU) v = v > opmath_t(0) ? v : opmath_t(0);
+    if (RELU) v = v < opmath_t(0) ? opmath_t(0) : v;  // NaN compares false: it propagates, as in torch.relu
     if (ACC) v += static_cast<opmath_t>(dst[i * dst_step]);
     dst[i * dst_step] = static_cast<scalar_t>(v);
   }

@@ -28,7 +28,7 @@ default (`tile=4`); `tile=2` is there for inputs where accuracy matters more tha
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -122,17 +122,24 @@ class WinogradConv:
     weight: the folded fp32 [C_out, C_in, 1, 3, 3] weight, transformed once here; bias [C_out] or None.
     Called as runner(x, residual=None, residual_is_scratch=False, out=None): with residual_is_scratch the
     result is accumulated into residual's memory (when it is channels_last_3d), as OneDNNConv does.
+    shared: the layer's dict of shape-independent prepared weights (plan.make_runner): the transformed
+    filter (4x the weight's size for F(4x4)) is taken from it or stored in it, one copy for every input shape.
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "relu",
-                 tile: int = 4) -> None:
+                 tile: int = 4, shared: Optional[Dict[tuple, torch.Tensor]] = None) -> None:
         if tuple(weight.shape[2:]) != (1, 3, 3) or weight.dim() != 5:
             raise ValueError(f"WinogradConv: weight: expected [C_out, C_in, 1, 3, 3], got {tuple(weight.shape)}")
         if tile not in TILES:
             raise ValueError(f"WinogradConv: tile: expected one of {TILES}, got {tile}")
         if activation not in ("relu", "none"):
             raise ValueError(f"WinogradConv: activation: expected 'relu' or 'none', got {activation!r}")
-        self.packed = conv3d_winograd_weight(weight.detach().float(), tile)
+        key = ("winograd", tile, weight.device)
+        self.packed = shared.get(key) if shared is not None else None
+        if self.packed is None:
+            self.packed = conv3d_winograd_weight(weight.detach().float(), tile)
+            if shared is not None:
+                shared[key] = self.packed
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.activation = activation
 

@@ -29,7 +29,7 @@ winograd_time_supports / winograd_time_wins (the plan's shape rule).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -80,12 +80,19 @@ def _onednn_linear_ok() -> bool:
 class WinogradTimeConv:
     """The fused model's runner (plan.make_runner): the filter transformed once, each of its 6 planes packed
     for oneDNN's matmul at this input's row count (oneDNN's packed GEMM measured ~10% faster than at::bmm
-    here); a call is input transform -> 6 GEMMs -> output transform with bias, residual and ReLU."""
+    here); a call is input transform -> 6 GEMMs -> output transform with bias, residual and ReLU.
+    shared: the layer's dict of shape-independent prepared weights (plan.make_runner): the transformed filter
+    is made once there; the packed planes depend on the row count (batch and frame size), so stay per shape."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
-                 activation: str, x: torch.Tensor) -> None:
+                 activation: str, x: torch.Tensor, shared: Optional[Dict[tuple, torch.Tensor]] = None) -> None:
         _check(x, weight)
-        u = torch.ops.slowfast_kernels.conv3d_winograd_time_weight(weight.float())  # [6, C_in, C_out]
+        key = ("winograd_time", x.device)
+        u = shared.get(key) if shared is not None else None
+        if u is None:
+            u = torch.ops.slowfast_kernels.conv3d_winograd_time_weight(weight.float())  # [6, C_in, C_out]
+            if shared is not None:
+                shared[key] = u
         self.rows = x.shape[0] * -(-x.shape[2] // 4) * x.shape[3] * x.shape[4]
         self.onednn = _onednn_linear_ok()
         if self.onednn:

@@ -120,7 +120,7 @@ if triton is not None:
             r_off = (n_ * srn + od_ * srd + oh_ * srh + ow_ * srw)[:, None] + (cols * src)[None, :]
             acc += tl.load(r_ptr + r_off, mask=out_mask, other=0.0).to(tl.float32)
         if RELU:
-            acc = tl.maximum(acc, 0.0)
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
         y_off = (n_ * syn + od_ * syd + oh_ * syh + ow_ * syw)[:, None] + ((cols + y_channel_offset) * syc)[None, :]
         if BF16_RTNE_BITS:
             # Round to nearest even by hand: the interpreter's fp32 -> bf16 cast truncates.

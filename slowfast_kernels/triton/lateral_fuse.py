@@ -85,7 +85,7 @@ def _lateral_fuse_conv_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
     dst = (n * ds0 + t * ds2 + h * ds3 + w * ds4)[:, None] + (o * ds1)[None, :]
     mask = p_ok[:, None] & o_ok[None, :]
     if ACC:
