@@ -163,12 +163,13 @@ def test_lateral_fuse(backend, mode, kind):
     "triton", "reference"])
 @pytest.mark.parametrize("c_out", [8, 24])  # the small-C_in CPU kernel, and oneDNN
 @pytest.mark.parametrize("kind", ["nan", "inf"])
-def test_conv3d_bn_act_maxpool(backend, c_out, kind, request):
-    if backend == "triton" and kind == "nan":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="the Triton stem kernel's ReLU and pool are tl.maximum without NaN propagation "
-                                "(triton/conv3d_bn_act_maxpool.py)"))
-    x, weight, bias = _conv_case(n=1, c_in=3, c_out=c_out, t=4, h=14, w=12, k=(3, 5, 5))
+@pytest.mark.parametrize("w", [12, 13])  # even W: the tap-row Triton kernels; odd: the element-gather ones
+def test_conv3d_bn_act_maxpool(backend, c_out, kind, w, request):
+    if backend == "triton" and kind == "inf" and w % 2 == 0:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "a GEMM row of the tap-row kernels reads input pixels that carry zero weights (the K padding 28 -> 32, "
+            "and for C_out <= 8 the taps of the 3 neighbouring outputs): inf x 0 is NaN there (docs/DESIGN.md)")))
+    x, weight, bias = _conv_case(n=1, c_in=3, c_out=c_out, t=4, h=14, w=w, k=(3, 5, 5))
     x = _poison(x, kind)
     pool = dict(pool_kernel=(1, 3, 3), pool_stride=(1, 2, 2), pool_padding=(0, 1, 1))
     ref = conv3d_bn_act_maxpool_ref(x, weight, bias, (1, 2, 2), (1, 2, 2), **pool)

@@ -122,7 +122,7 @@ if triton is not None:
                 acc = tl.dot(a, b, acc, input_precision="ieee")  # fp32 parity: TF32 off
         acc += tl.load(b_ptr + n0 + tl.arange(0, BLOCK_N))[None, :]
         if RELU:
-            acc = tl.maximum(acc, 0.0)
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in eager ReLU
         return acc
 
     @triton.jit
@@ -200,18 +200,19 @@ if triton is not None:
         (COLS/2 - 1) pooled outputs of channels c0 .. c0 + BLOCK_N."""
         R: tl.constexpr = ROWS // 2
         B: tl.constexpr = COLS // 2
+        NAN: tl.constexpr = tl.PropagateNan.ALL  # a NaN in a window pools to NaN, as max_pool3d does
         # Positions outside the conv output are the pool's -inf padding.
         acc = tl.where(inside[:, None], acc, float("-inf"))
         # Columns: window b = conv columns 2b, 2b + 1, 2b + 2 of the block.
         pairs = tl.permute(tl.reshape(acc, (ROWS, B, 2, BLOCK_N)), (0, 1, 3, 2))
         even, odd = tl.split(pairs)
         nxt = tl.minimum(tl.arange(0, B) + 1, B - 1)[None, :, None] + tl.zeros((ROWS, B, BLOCK_N), tl.int32)
-        cols = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 1))
+        cols = tl.maximum(tl.maximum(even, odd, propagate_nan=NAN), tl.gather(even, nxt, 1), propagate_nan=NAN)
         # Rows: window a = conv rows 2a, 2a + 1, 2a + 2 of the block.
         pairs = tl.permute(tl.reshape(cols, (R, 2, B, BLOCK_N)), (0, 2, 3, 1))
         even, odd = tl.split(pairs)
         nxt = tl.minimum(tl.arange(0, R) + 1, R - 1)[:, None, None] + tl.zeros((R, B, BLOCK_N), tl.int32)
-        pooled = tl.maximum(tl.maximum(even, odd), tl.gather(even, nxt, 0))
+        pooled = tl.maximum(tl.maximum(even, odd, propagate_nan=NAN), tl.gather(even, nxt, 0), propagate_nan=NAN)
         a = tl.arange(0, R)[:, None, None]
         b = tl.arange(0, B)[None, :, None]
         ch = c0 + tl.arange(0, BLOCK_N)[None, None, :]

@@ -117,7 +117,7 @@ if triton is not None:
             kd = tl.where(wrap, kd + 1, kd)
         acc += tl.load(b_ptr + n0 + tl.arange(0, BLOCK_N))[None, :]
         if RELU:
-            acc = tl.maximum(acc, 0.0)
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in eager ReLU
         return acc
 
     @triton.jit
