@@ -198,7 +198,8 @@ class FusedSlowFast(nn.Module):
 
     def head(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """The reference head in eval mode, in fp32: each pathway pooled with its fixed window (stride 1),
-        the classifier at every remaining position, softmax per position (head_act), mean over positions.
+        the classifier at every remaining position, softmax or sigmoid per position (head_act), mean over
+        positions.
         Without softmax the mean of the logits is the logits of the mean feature (the classifier is
         linear), so the positions are averaged first."""
         pooled = []
@@ -209,10 +210,11 @@ class FusedSlowFast(nn.Module):
             else:
                 pooled.append(head_pool(f.float(), kernel))
         x = torch.cat(pooled, dim=1)
-        if self.head_act != "softmax":
+        if self.head_act is None:
             return torch.nn.functional.linear(x.mean(dim=(2, 3, 4)), self.head_weight, self.head_bias)
         logits = torch.nn.functional.linear(x.permute(0, 2, 3, 4, 1), self.head_weight, self.head_bias)
-        return logits.softmax(dim=-1).mean(dim=(1, 2, 3))
+        probs = logits.softmax(dim=-1) if self.head_act == "softmax" else logits.sigmoid()
+        return probs.mean(dim=(1, 2, 3))
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         check_inputs(self.config, inputs)
