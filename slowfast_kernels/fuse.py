@@ -166,6 +166,7 @@ class FusedSlowFast(nn.Module):
             self.laterals = nn.ModuleList(FusedLateral(f, backend) for f in fusions)
         assert isinstance(head, ResNetBasicHead)
         self.head_act = head.head_act
+        self.preset = getattr(model, "preset", None)  # set by load_checkpoint: the weights' test preset
         self.head_kernels = model.head_pool_kernels() or [None] * model.num_pathways
         # The head runs in fp32: a [N, 2304] x [2304, classes] GEMM is negligible and keeps the logits as
         # exact as the features allow.
@@ -224,7 +225,9 @@ class FusedSlowFast(nn.Module):
             return self.head(self.features(inputs))
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
-        """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways."""
+        """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways.
+        preset="name" (e.g. self.preset) prepares it by that checkpoint family's rules instead
+        (slowfast_kernels.presets; spatial_idx then picks the preset's crop)."""
         return self(_pack_for(self, video, fast_index, pack_kwargs))
 
 
@@ -235,7 +238,14 @@ def _pack_for(model: FusedSlowFast, video: torch.Tensor, fast_index, pack_kwargs
     pack_kwargs.setdefault("dtype", model.dtype)
     pack_kwargs.setdefault("channels_last", True)
     pack_kwargs.setdefault("backend", model.backend)
-    slow, fast = pack_pathways(video, fast_index, model.config.alpha, **pack_kwargs)
+    preset = pack_kwargs.pop("preset", None)
+    if preset is not None:
+        from .presets import get_preset
+
+        crop_idx = pack_kwargs.pop("spatial_idx", 1)
+        slow, fast = get_preset(preset).pack(video, fast_index, model.config.alpha, crop_idx, **pack_kwargs)
+    else:
+        slow, fast = pack_pathways(video, fast_index, model.config.alpha, **pack_kwargs)
     if video.dim() == 4:
         slow, fast = slow.unsqueeze(0), fast.unsqueeze(0)
     return [fast] if model.slow_only else [slow, fast]
@@ -256,6 +266,10 @@ class CUDAGraphRunner(nn.Module):
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def preset(self):
+        return self.model.preset
 
     def _capture(self, inputs: Sequence[torch.Tensor]):
         static_in = [t.detach().clone() for t in inputs]

@@ -53,7 +53,8 @@ def test_directory_and_list_inputs(corpus, capsys, tmp_path):
     assert set(got) == listed  # readme.txt is not a video extension
     for path in videos["good"]:
         r = got[str(path)]
-        assert set(r) == {"video", "top", "views", "arch", "checkpoint", "seconds"}
+        assert set(r) == {"video", "top", "views", "arch", "checkpoint", "seconds", "preset", "clips", "crops",
+                          "ensemble"}
         assert r["views"] == 1 and r["arch"] == "slowfast_r50_8x8" and r["checkpoint"] == str(ckpt)
         assert len(r["top"]) == 5 and all(isinstance(label, str) for label, _ in r["top"])
         probs = [p for _, p in r["top"]]

@@ -12,7 +12,7 @@ from slowfast_reference.models import SlowFast
 from ..presets import preset_for
 from .files import CheckpointError
 from .formats import read_state_dict
-from .loading import _plan, load_checkpoint
+from .loading import _plan, _summary, load_checkpoint
 
 class ArchInfo(NamedTuple):
     """What a checkpoint holds: the reference architecture (a slowfast_reference factory name), the key
@@ -54,7 +54,8 @@ def _problems_as(arch: str, state: Dict[str, Any], fmt: str, num_classes: int):
     return problems
 
 
-def detect_arch(path_or_state_dict: Any, format: str = "auto", *, weights_only: bool = True) -> ArchInfo:
+def detect_arch(path_or_state_dict: Any, format: str = "auto", *, weights_only: bool = True,
+                strict: bool = True) -> ArchInfo:
     """The architecture a checkpoint holds, read from its keys and shapes (nothing is loaded).
 
     The key layout gives the block counts per stage (R50: 3, 4, 6, 3; R101: 3, 4, 23, 3) and whether a
@@ -62,7 +63,8 @@ def detect_arch(path_or_state_dict: Any, format: str = "auto", *, weights_only: 
     (5), conv a's temporal kernels in res4 R101 8x8 (all 23 blocks) from R101 16x8 (6 blocks). alpha and
     the clip length have no weights: each is the one of the released model with those weights.
     path_or_state_dict: anything load_checkpoint takes. Raises CheckpointError naming the closest known
-    architecture when none matches every key and shape.
+    architecture (and its first problem keys) when none matches every key and shape; strict=False returns
+    that closest architecture instead (for a non-strict load).
     """
     state, fmt, source = read_state_dict(path_or_state_dict, format, weights_only=weights_only)
     num_classes = _num_classes(state, fmt) or 400
@@ -72,11 +74,15 @@ def detect_arch(path_or_state_dict: Any, format: str = "auto", *, weights_only: 
         if not any(problems):
             return ArchInfo(arch, fmt, num_classes, source, preset_for(fmt, num_classes, source))
         scored.append((sum(len(p) for p in problems), arch, problems))
-    _, arch, (missing, unexpected, mismatched) = min(scored)
+    _, arch, (missing, unexpected, mismatched) = min(scored, key=lambda x: (x[0], x[1]))
+    if not strict:
+        return ArchInfo(arch, fmt, num_classes, source, preset_for(fmt, num_classes, source))
+    named = "; ".join(f"{title}: {_summary(items)}" for title, items in
+                      (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items)
     raise CheckpointError(
         f"{source} ({fmt} layout) holds none of the known architectures ({', '.join(_DETECTION_ORDER)}); the "
         f"closest, {arch}, differs in {len(missing)} missing, {len(unexpected)} unexpected and {len(mismatched)} "
-        "shape-mismatched key(s)"
+        f"shape-mismatched key(s) ({named})"
     )
 
 

@@ -22,9 +22,10 @@ from typing import Deque, List, Optional, Tuple
 
 import torch
 
-from . import options
+from . import options, protocol as test_protocol
 from .corpus import ResultsFile, encode, expand_inputs, read_results
 from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
+from ..scoring import accumulate, finalize
 
 RANDOM_WEIGHTS = "random weights (no --checkpoint): the labels are meaningless"
 
@@ -85,16 +86,6 @@ class _Distributed:
                 dist.destroy_process_group()
 
 
-def _decode(path: str, num_frames: int, sampling_rate: int, temporal: int):
-    """The clips of one video (worker thread): (time decoding started, [DecodedClip] of its temporal views)."""
-    from slowfast_kernels import io
-
-    started = time.perf_counter()
-    clips = [io.read_video(path, num_frames=num_frames, sampling_rate=sampling_rate, clip_idx=t, num_clips=temporal)
-             for t in range(temporal)]
-    return started, clips
-
-
 class _VideoError(Exception):
     """A video whose views could not be packed: its line is an error line, the run goes on."""
 
@@ -107,8 +98,9 @@ def _error_text(exc: BaseException) -> str:
 class _Batcher:
     """Views packed into slots of one preallocated (slow, fast) batch; a forward when it is full."""
 
-    def __init__(self, fused, cfg, args: argparse.Namespace, device: torch.device, emit) -> None:
+    def __init__(self, fused, cfg, args: argparse.Namespace, device: torch.device, emit, proto) -> None:
         self.fused, self.cfg, self.args, self.device, self.emit = fused, cfg, args, device, emit
+        self.preset = proto.preset
         self.batch = args.batch_size
         self.owners: List[_Video] = []
         self.buffers: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -126,16 +118,14 @@ class _Batcher:
         return options.DTYPES[self.args.dtype]
 
     def add(self, video: _Video, frames: torch.Tensor, index: torch.Tensor, spatial_idx: int) -> None:
-        import slowfast_kernels as sk
-
         if self.buffers is None:
             self.buffers = self._new_buffers()
         slot = len(self.owners)
         slow, fast = self.buffers
         try:
-            sk.pack_pathways(frames, index, self.cfg.alpha, size=self.args.size, crop=self.args.crop,
-                             spatial_idx=spatial_idx, dtype=self.fused_dtype, channels_last=True,
-                             backend=self.args.backend, out=(slow[slot], fast[slot]))
+            self.preset.pack(frames, index, self.cfg.alpha, spatial_idx, size=self.args.size, crop=self.args.crop,
+                             dtype=self.fused_dtype, channels_last=True, backend=self.args.backend,
+                             out=(slow[slot], fast[slot]))
         except (ValueError, RuntimeError) as exc:  # frames this video cannot be packed from
             video.failed = True
             raise _VideoError(exc) from exc
@@ -151,8 +141,8 @@ class _Batcher:
         inputs = [fast[:n]] if self.cfg.slow_only else [slow[:n], fast[:n]]
         probs = self.fused(inputs).float().cpu()
         for i, video in enumerate(self.owners):
-            # PySlowFast: the views' probabilities summed, in view order, then divided by the view count
-            video.scores = probs[i].clone() if video.scores is None else video.scores + probs[i]
+            # the preset's ensemble: PySlowFast sums (or maxes) in view order; mean = the sum / the view count
+            video.scores = accumulate(video.scores, probs[i], self.preset.ensemble)
             video.scored += 1
             if video.scored == video.views and not video.failed:
                 self.emit(video)
@@ -170,16 +160,18 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     options.check_geometry(args, options.first_existing(videos))
     source = options.ModelSource.resolve(args, debug)
     options.check_top(args.top, source.num_classes)
-    labels = options.read_labels(args.labels, source.num_classes)
+    proto = test_protocol.resolve(args, source)
+    labels = test_protocol.read_labels(args.labels, source.num_classes)
+    test_protocol.load_ground_truth(proto, args.ground_truth, labels)
     results = ResultsFile(args.output, dist.rank, dist.world_size) if args.output else None
     dist.init(device)
     try:
-        return _run(args, dist, device, videos, source, labels, results, sk)
+        return _run(args, dist, device, videos, source, labels, results, sk, proto)
     finally:
         dist.close()
 
 
-def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) -> int:
+def _run(args, dist: _Distributed, device, videos, source, labels, results, sk, proto) -> int:
     rank0 = dist.rank == 0
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank0 else (lambda msg: None)
     done = results.done() if results is not None else {}
@@ -196,12 +188,12 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
         results.open()
 
     torch.manual_seed(0)  # without a checkpoint, the same random weights in every rank and every run
-    model = source.build(head_act="softmax", train_crop=args.train_crop)
+    model = test_protocol.build_model(source, proto, args.train_crop, args.non_strict, say)
     source.state = None  # the weights live in the model now
     cfg = model.config
     fused = sk.fuse(model.to(device), dtype=options.DTYPES[args.dtype], backend=args.backend)
     del model
-    temporal, spatial = (10, (0, 1, 2)) if args.views == 30 else (1, (1,))
+    temporal, spatial = proto.clips, proto.crop_indices
     sampling_rate = options.SAMPLING_RATE[source.arch]
     failed = 0
 
@@ -211,7 +203,11 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
                disable=args.no_progress or not rank0, desc=f"classify ({dist.world_size} ranks)" if dist.active
                else "classify")
 
+    scored: dict = {}  # without --output: the records to score (--ground-truth)
+
     def write(record: dict) -> None:
+        if "scores" in record:
+            scored[record["video"]] = record
         if results is not None:
             results.write(record)
         else:
@@ -220,24 +216,25 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
         bar.update(1)
 
     def emit(video: _Video) -> None:
-        scores = video.scores / video.views
+        scores = finalize(video.scores, video.views, proto.preset.ensemble)
         top = scores.topk(args.top)
         record = {"video": video.path,
                   "top": [[labels[i], round(p, 6)] for p, i in zip(top.values.tolist(), top.indices.tolist())],
                   "views": args.views, "arch": source.arch, "checkpoint": args.checkpoint,
                   "seconds": round(time.perf_counter() - video.started, 3)}
+        record.update(proto.record_fields(scores, labels))
         if args.checkpoint is None:
             record["warning"] = RANDOM_WEIGHTS
         write(record)
 
-    batcher = _Batcher(fused, cfg, args, device, emit)
+    batcher = _Batcher(fused, cfg, args, device, emit, proto)
     queue: Deque[Tuple[str, Future]] = collections.deque()
     todo = iter(mine)
     with ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="decode") as pool, torch.inference_mode():
         def submit() -> None:
             path = next(todo, None)
             if path is not None:
-                queue.append((path, pool.submit(_decode, path, cfg.num_frames, sampling_rate, temporal)))
+                queue.append((path, pool.submit(proto.decode_video, path, cfg.num_frames, sampling_rate)))
 
         for _ in range(2 * args.workers):  # decoding runs this many videos ahead of the model
             submit()
@@ -265,6 +262,7 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
         results.close()
     dist.barrier()  # every part file is complete
     if results is None:
+        test_protocol.summarize(proto, scored, labels, None, say)
         return EXIT_VIDEOS_FAILED if failed else EXIT_OK
     if rank0:
         results.merge_parts()
@@ -279,4 +277,5 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, sk) 
                            "run the same command again to finish them")
     say(f"{len(videos)} videos in {args.output}, {len(errors)} failed to decode" if errors
         else f"{len(videos)} videos in {args.output}")
+    test_protocol.summarize(proto, {v: final[v] for v in videos if v in final}, labels, args.output, say)
     return EXIT_VIDEOS_FAILED if errors else EXIT_OK
