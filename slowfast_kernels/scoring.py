@@ -143,6 +143,8 @@ def read_ground_truth(path: str, class_names: Sequence[str]) -> Dict[str, List[i
         if not labels:
             raise GroundTruthError(f"{path}:{n}: expected video,label[,label...], got {','.join(row)!r}")
         truth[video_key(row[0])] = [_label_id(c, names, len(class_names), f"{path}:{n}") for c in labels]
+    if not truth:
+        raise GroundTruthError(f"--ground-truth {path}: no video,label rows after the header {','.join(rows[0])!r}")
     return truth
 
 

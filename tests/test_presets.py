@@ -224,3 +224,21 @@ def test_fused_from_video_with_a_preset():
         expected = model([fast[None]])
     got = fused.from_video(video, index, preset="mmaction2", size=32, crop=32)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--views", "30", "--clips", "2"], "--views 30: names (clips, crops) = (10, 3)"),
+    (["--preset", "ssv2"], "--preset ssv2: made for 174-class checkpoints, the model has 400 classes"),
+    (["--preset", "mmaction2", "--crops", "3", "--size", "40", "--crop", "32"], "--crop 32: MMAction2's ThreeCrop"),
+    (["--threshold", "2"], "argument --threshold: expected a number in [0, 1]"),
+    (["--ground-truth", "{gt}"], "label 'no such class' is neither"),
+    (["--ground-truth", "{missing}"], "--ground-truth {missing}: No such file"),
+])
+def test_protocol_option_errors_are_one_line_exit_2(odd_videos, tmp_path, capsys, extra, message):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("video,label\na.mp4,no such class\n")
+    names = {"gt": str(gt), "missing": str(tmp_path / "nope.csv")}
+    extra = [e.format(**names) for e in extra]
+    assert main(["classify", str(odd_videos[0]), "--size", "32", "--crop", "32", "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**names) in err and len(err.strip().splitlines()) == 1

@@ -86,6 +86,9 @@ def test_bad_ground_truth_is_one_line(tmp_path):
     gt.write_text("a.mp4,archery\nb.mp4,juggling fire\n")
     with pytest.raises(scoring.GroundTruthError, match=r"gt\.csv:2: label 'juggling fire' is neither"):
         scoring.read_ground_truth(str(gt), NAMES)
+    gt.write_text("video,label\n")
+    with pytest.raises(scoring.GroundTruthError, match="no video,label rows after the header"):
+        scoring.read_ground_truth(str(gt), NAMES)
     with pytest.raises(scoring.GroundTruthError, match="No such file"):
         scoring.read_ground_truth(str(tmp_path / "nope.csv"), NAMES)
 
