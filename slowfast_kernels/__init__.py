@@ -16,12 +16,13 @@ from .modules import Conv3dBNAct, Conv3dBNActMaxPool
 from . import tuning
 from .fuse import fuse
 from . import export  # noqa: E402  (onnxruntime and the ONNX exporter are imported only when exporting)
+from . import presets, sampling, scoring  # noqa: E402  (test protocols: presets, clip sampling, scoring)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable", "Conv3dBNAct", "Conv3dBNActMaxPool", "backends", "conv3d_bn_act", "conv3d_bn_act_maxpool",
     "conv3d_bn_act_maxpool_ref", "conv3d_bn_act_ref", "fold_bn", "fuse", "io",
-    "lateral_fuse", "lateral_fuse_ref", "load_checkpoint", "pack_pathways", "pack_pathways_ref", "temporal_indices",
-    "tuning",
+    "lateral_fuse", "lateral_fuse_ref", "load_checkpoint", "pack_pathways", "pack_pathways_ref", "presets", "sampling",
+    "scoring", "temporal_indices", "tuning",
 ]

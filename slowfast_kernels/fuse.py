@@ -179,6 +179,7 @@ class FusedSlowFast(nn.Module):
             self.laterals = nn.ModuleList(FusedLateral(f, backend) for f in fusions)
         assert isinstance(head, ResNetBasicHead)
         self.head_act = head.head_act
+        self.preset = getattr(model, "preset", None)  # set by load_checkpoint: the weights' test preset
         self.head_kernels = model.head_pool_kernels() or [None] * model.num_pathways
         # The head runs in fp32: a [N, 2304] x [2304, classes] GEMM is negligible and keeps the logits as
         # exact as the features allow.
@@ -270,7 +271,8 @@ class FusedSlowFast(nn.Module):
 
     def head(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """The reference head in eval mode, in fp32: each pathway pooled with its fixed window (stride 1),
-        the classifier at every remaining position, softmax per position (head_act), mean over positions.
+        the classifier at every remaining position, softmax or sigmoid per position (head_act), mean over
+        positions.
         Without softmax the mean of the logits is the logits of the mean feature (the classifier is
         linear), so the positions are averaged first."""
         pooled = []
@@ -281,10 +283,11 @@ class FusedSlowFast(nn.Module):
             else:
                 pooled.append(head_pool(f.float(), kernel))
         x = torch.cat(pooled, dim=1)
-        if self.head_act != "softmax":
+        if self.head_act is None:
             return torch.nn.functional.linear(x.mean(dim=(2, 3, 4)), self.head_weight, self.head_bias)
         logits = torch.nn.functional.linear(x.permute(0, 2, 3, 4, 1), self.head_weight, self.head_bias)
-        return logits.softmax(dim=-1).mean(dim=(1, 2, 3))
+        probs = logits.softmax(dim=-1) if self.head_act == "softmax" else logits.sigmoid()
+        return probs.mean(dim=(1, 2, 3))
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         self._check_inputs(inputs)
@@ -300,7 +303,9 @@ class FusedSlowFast(nn.Module):
             return self.head(self.features(inputs))
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
-        """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways."""
+        """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways.
+        preset="name" (e.g. self.preset) prepares it by that checkpoint family's rules instead
+        (slowfast_kernels.presets; spatial_idx then picks the preset's crop)."""
         return self(_pack_for(self, video, fast_index, pack_kwargs))
 
 
@@ -311,7 +316,14 @@ def _pack_for(model: FusedSlowFast, video: torch.Tensor, fast_index, pack_kwargs
     pack_kwargs.setdefault("dtype", model.dtype)
     pack_kwargs.setdefault("channels_last", True)
     pack_kwargs.setdefault("backend", model.backend)
-    slow, fast = pack_pathways(video, fast_index, model.config.alpha, **pack_kwargs)
+    preset = pack_kwargs.pop("preset", None)
+    if preset is not None:
+        from .presets import get_preset
+
+        crop_idx = pack_kwargs.pop("spatial_idx", 1)
+        slow, fast = get_preset(preset).pack(video, fast_index, model.config.alpha, crop_idx, **pack_kwargs)
+    else:
+        slow, fast = pack_pathways(video, fast_index, model.config.alpha, **pack_kwargs)
     if video.dim() == 4:
         slow, fast = slow.unsqueeze(0), fast.unsqueeze(0)
     return [fast] if model.slow_only else [slow, fast]
@@ -337,6 +349,10 @@ class CUDAGraphRunner(nn.Module):
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def preset(self):
+        return self.model.preset
 
     def _capture(self, inputs: Sequence[torch.Tensor]):
         static_in = [t.detach().clone() for t in inputs]

@@ -145,7 +145,7 @@ def _to_tensor(frames: List[np.ndarray]) -> torch.Tensor:
 
 def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rate: int = 1, clip_idx: int = 0,
                num_clips: int = 1, generator: Optional[torch.Generator] = None, seek: bool = True,
-               target_fps: Optional[float] = 30) -> DecodedClip:
+               target_fps: Optional[float] = 30, frame_index=None) -> DecodedClip:
     """Decode a video, or only the frames of one clip.
 
     num_frames None: every frame; clip.index = arange(V). Otherwise the clip of num_frames frames
@@ -153,12 +153,14 @@ def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rat
     (clip_idx -1: a random start), exactly PySlowFast's temporal sampling (temporal_indices with the
     stream's average frame rate as fps: a 25 fps video spans 25/30 as many of its frames per clip as a
     30 fps one); target_fps=None samples every `sampling_rate`-th frame whatever the rate. A video shorter
-    than the clip repeats its last frame. Raises FileNotFoundError for a missing file and VideoDecodeError
+    than the clip repeats its last frame. frame_index: another sampling rule, a callable (frame count, fps)
+    -> absolute frame indices [T] (slowfast_kernels.sampling.frame_index_rule), replacing num_frames,
+    sampling_rate, clip_idx and num_clips. Raises FileNotFoundError for a missing file and VideoDecodeError
     for a file that is not a video, has no video stream, or is corrupt or truncated.
     """
     s = _Stream(path)
     try:
-        if num_frames is None:
+        if num_frames is None and frame_index is None:
             frames = [f.to_ndarray(format="rgb24") for _, f in s.frames()]
             if not frames:
                 raise VideoDecodeError(f"read_video: {s.path}: the video stream holds no frames")
@@ -170,8 +172,11 @@ def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rat
 
         total = s.num_frames()
         fps = s.fps if target_fps is not None else None
-        index = temporal_indices(total, num_frames, sampling_rate, clip_idx, num_clips, generator, fps=fps,
-                                 target_fps=target_fps if target_fps is not None else 30)
+        if frame_index is not None:
+            index = torch.as_tensor(frame_index(total, s.fps), dtype=torch.int64)
+        else:
+            index = temporal_indices(total, num_frames, sampling_rate, clip_idx, num_clips, generator, fps=fps,
+                                     target_fps=target_fps if target_fps is not None else 30)
         first, last = int(index.min()), int(index.max())
         window = _decode_window(s, first, last, seek)
         if window is None and seek:  # the seek landed after `first` (imprecise index): decode from the start

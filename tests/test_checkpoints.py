@@ -472,3 +472,64 @@ def test_pytorchvideo_model_objects(ptv, every_arch):
     assert to_reference_model(ours) is ours
     with pytest.raises(TypeError, match="nn.Module"):
         to_reference_model({"blocks.0.conv.weight": torch.zeros(1)})
+
+
+# --- one bad key named on the first line, --non-strict, weights_only refusals keep torch's reason ----------
+
+@pytest.mark.parametrize("problem", ["extra", "missing", "shape"])
+def test_one_bad_key_is_named_on_the_first_line(sources, problem):
+    src, _, _, target = sources("slow_r50_8x8")
+    sd = dict(export_state_dict(src, "pyslowfast"))
+    if problem == "extra":
+        sd["s6.pathway0_res0.branch2.a.weight"] = torch.zeros(1)
+        named = "unexpected: s6.pathway0_res0.branch2.a.weight"
+    elif problem == "missing":
+        del sd["s3.pathway0_res2.branch2.b_bn.running_var"]
+        named = "missing: blocks.2.res_blocks.2.branch2.norm_b.running_var (checkpoint key " \
+                "'s3.pathway0_res2.branch2.b_bn.running_var')"
+    else:
+        sd["s2.pathway0_res0.branch2.c.weight"] = torch.zeros(256, 64, 1, 1, 2)
+        named = "shape mismatch: s2.pathway0_res0.branch2.c.weight: checkpoint (256, 64, 1, 1, 2) vs model " \
+                "(256, 64, 1, 1, 1) (the model expects (256, 64, 1, 1, 1), found (256, 64, 1, 1, 2)"
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(target, sd)
+    first = str(err.value).splitlines()[0]
+    assert named in first and "nothing was loaded" in first
+
+
+def test_weights_only_refusal_keeps_torchs_reason(tmp_path):
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pyth"
+    torch.save({"model_state": {"w": torch.zeros(1)}, "hook": RunsCode()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(R.slow_r50_8x8(num_classes=3), path)
+    (line,) = str(err.value).splitlines()
+    assert f"GLOBAL {os.system.__module__}.system" in line and "weights_only=False" in line
+    assert "documentation" not in line
+
+
+def test_cli_non_strict_loads_and_reports_what_it_skipped(sources, tmp_path, capsys):
+    from slowfast_kernels import io
+    from slowfast_kernels.__main__ import main
+
+    src, _, _, _ = sources("slow_r50_8x8")
+    sd = dict(export_state_dict(src, "pyslowfast"))
+    sd["s6.extra.weight"] = torch.zeros(2)
+    ckpt = tmp_path / "extra.pyth"
+    torch.save({"model_state": sd}, ckpt)
+    video = io.write_video(tmp_path / "v.mp4", io.synthetic_video(24, 32, 32), fps=30)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"c{i}\n" for i in range(NUM_CLASSES)))
+    args = ["classify", str(video), "--checkpoint", str(ckpt), "--size", "32", "--crop", "32", "--device", "cpu",
+            "--dtype", "float32", "--labels", str(labels), "--top", "3", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unexpected: s6.extra.weight" in err
+    assert main(args + ["--non-strict"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --non-strict:" in err and "unexpected: s6.extra.weight" in err

@@ -54,7 +54,8 @@ def test_directory_and_list_inputs(corpus, capsys, tmp_path):
     assert set(got) == listed  # readme.txt is not a video extension
     for path in videos["good"]:
         r = got[str(path)]
-        assert set(r) == {"video", "resolved", "top", "views", "arch", "checkpoint", "seconds", "settings"}
+        assert set(r) == {"video", "resolved", "top", "views", "arch", "checkpoint", "seconds", "settings", "preset",
+                          "clips", "crops", "ensemble"}
         assert r["resolved"] == os.path.realpath(path) and r["settings"]["arch"] == "slowfast_r50_8x8"
         assert r["views"] == 1 and r["arch"] == "slowfast_r50_8x8" and r["checkpoint"] == str(ckpt)
         assert len(r["top"]) == 5 and all(isinstance(label, str) for label, _ in r["top"])

@@ -73,7 +73,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="lateral must be one of"):
         R.slowfast_r50_8x8(lateral="time_warp")
     with pytest.raises(ValueError, match="head_act"):
-        R.slowfast_r50_8x8(head_act="sigmoid")
+        R.slowfast_r50_8x8(head_act="tanh")
     model = R.slowfast_r50_8x8().eval()
     with pytest.raises(ValueError, match="alpha"):
         model([torch.randn(1, 3, 8, 32, 32), torch.randn(1, 3, 30, 32, 32)])

@@ -211,7 +211,7 @@ class ResNetBasicHead(nn.Module):
 
     Input [N, C, t, h, w]. head_act=None returns the mean of the logits over positions (PyTorchVideo);
     "softmax" returns PySlowFast's test-time probabilities: softmax per position in eval mode, then their
-    mean. In train mode both return logits (for the loss). pool_kernel (Slow-only, where the head pools):
+    mean; "sigmoid" likewise (PySlowFast's multi-label HEAD_ACT, e.g. Charades). In train mode both return logits (for the loss). pool_kernel (Slow-only, where the head pools):
     the fixed AvgPool3d window, None for a global pool.
     """
 
@@ -220,8 +220,8 @@ class ResNetBasicHead(nn.Module):
         pool: bool = False, pool_kernel: Optional[Tuple[int, int, int]] = None,
     ) -> None:
         super().__init__()
-        if head_act not in (None, "softmax"):
-            raise ValueError(f"head_act must be None or 'softmax', got {head_act!r}")
+        if head_act not in (None, "softmax", "sigmoid"):
+            raise ValueError(f"head_act must be None, 'softmax' or 'sigmoid', got {head_act!r}")
         self.pool = pool  # Slow-only: the head pools (PyTorchVideo blocks.5.pool)
         self.pool_kernel = None if pool_kernel is None else tuple(pool_kernel)
         self.dropout = nn.Dropout(dropout)
@@ -232,8 +232,8 @@ class ResNetBasicHead(nn.Module):
         if self.pool:
             x = head_pool(x, self.pool_kernel)
         x = self.proj(self.dropout(x).permute(0, 2, 3, 4, 1))
-        if self.head_act == "softmax" and not self.training:
-            x = torch.softmax(x, dim=-1)
+        if self.head_act is not None and not self.training:
+            x = torch.softmax(x, dim=-1) if self.head_act == "softmax" else torch.sigmoid(x)
         return x.mean(dim=(1, 2, 3))
 
 

@@ -17,24 +17,37 @@ FLOAT_RANGE = (0.0, 1.0)
 VALUE_RANGE_MARGIN = 0.5
 
 
-def slow_frame_indices(num_fast_frames: int, alpha: int, device=None) -> torch.Tensor:
-    """linspace(0, T - 1, T // alpha).long(): T=32, alpha=4 -> 0,4,8,13,17,22,26,31 (not a plain stride)."""
+SLOW_RULES = ("linspace", "stride")
+
+
+def slow_frame_indices(num_fast_frames: int, alpha: int, device=None, *, rule: str = "linspace") -> torch.Tensor:
+    """The T // alpha fast frames the Slow pathway takes.
+
+    rule "linspace" (PySlowFast, datasets/utils.py pack_pathway_output): linspace(0, T - 1, T // alpha).long(),
+    T=32, alpha=4 -> 0,4,8,13,17,22,26,31. rule "stride" (MMAction2, models/backbones/resnet3d_slowfast.py
+    ResNet3dSlowFast.forward: interpolate(mode="nearest", scale_factor=1 / alpha) over time, source frame
+    floor(i * alpha)): 0,4,...,28.
+    """
     num_fast_frames, alpha = int(num_fast_frames), int(alpha)
+    if rule not in SLOW_RULES:
+        raise ValueError(f"slow_rule: expected one of {SLOW_RULES}, got {rule!r}")
     if num_fast_frames // alpha < 1:
         raise ValueError(f"alpha={alpha} leaves no slow frame out of {num_fast_frames} fast frames")
+    if rule == "stride":
+        return torch.arange(num_fast_frames // alpha, device=device) * alpha
     return torch.linspace(0, num_fast_frames - 1, num_fast_frames // alpha, device=device).long()
 
 
-def pack_pathways(frames: torch.Tensor, alpha: int) -> List[torch.Tensor]:
-    """frames [C, T, H, W] or [N, C, T, H, W] -> [slow, fast] with slow = frames at slow_frame_indices.
-    alpha: an int (numpy integers too)."""
+def pack_pathways(frames: torch.Tensor, alpha: int, *, slow_rule: str = "linspace") -> List[torch.Tensor]:
+    """frames [C, T, H, W] or [N, C, T, H, W] -> [slow, fast] with slow = frames at slow_frame_indices
+    (slow_rule "linspace": PySlowFast, "stride": MMAction2). alpha: an int (numpy integers too)."""
     if not isinstance(frames, torch.Tensor) or frames.dim() not in (4, 5):
         raise ValueError(f"frames: expected a [C, T, H, W] or [N, C, T, H, W] tensor, got "
                          f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
     if not is_int(alpha) or alpha < 1:
         raise ValueError(f"alpha: expected a positive int, got {alpha!r}")
     t_dim = frames.dim() - 3
-    index = slow_frame_indices(frames.shape[t_dim], int(alpha), frames.device)
+    index = slow_frame_indices(frames.shape[t_dim], int(alpha), frames.device, rule=slow_rule)
     return [torch.index_select(frames, t_dim, index), frames]
 
 

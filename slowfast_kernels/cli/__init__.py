@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import torch
 
-from . import options
+from . import options, protocol as test_protocol
 from .errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 PROG = "python -m slowfast_kernels"
@@ -89,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start --output over: its records are removed")
     p.add_argument("--retry-failed", action="store_true",
                    help="classify again the videos with an error line in --output (the line is replaced)")
-    p.add_argument("--views", type=int, default=1, choices=[1, 30],
-                   help="1: the centre crop of clip 0 of 1 (the video's first 2.1 s, 64 frames at 30 fps: "
-                        "PySlowFast's single-view test sampling); 30: 10 temporal x 3 spatial crops (PySlowFast's test "
-                        "protocol) (default: 1)")
+    p.add_argument("--views", type=int, default=None, choices=[1, 30],
+                   help="1: one clip, centre crop (--clips 1 --crops 1, the default): clip 0 of 1, the video's "
+                        "first 2.1 s (64 frames at 30 fps: PySlowFast's single-view test sampling); 30: 10 temporal "
+                        "clips x 3 spatial crops (--clips 10 --crops 3, PySlowFast's test protocol)")
     p.add_argument("--top", type=int, default=5, help="labels per video, most probable first (default: 5)")
     p.add_argument("--batch-size", type=options.positive_int, default=None, metavar="N",
                    help="views per forward, across videos (default: 16 on CUDA, 4 on CPU)")
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(224 for every released SlowFast checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _common(p, 256, 256, default_device)
+    test_protocol.add_arguments(p)
     p.set_defaults(func=classify)
 
     p = sub.add_parser("bench", help="end-to-end clips/s: fused vs the eager reference (and torch.compile)",

@@ -22,10 +22,11 @@ from typing import Deque, List, Optional, Tuple
 
 import torch
 
-from . import options, resume
+from . import options, protocol as test_protocol, resume
 from .corpus import ResultsFile, encode, expand_inputs, read_results, video_key
 from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
 from .progress import Progress
+from ..scoring import accumulate, finalize
 
 RANDOM_WEIGHTS = "random weights (no --checkpoint): the labels are meaningless"
 
@@ -86,16 +87,6 @@ class _Distributed:
                 dist.destroy_process_group()
 
 
-def _decode(path: str, num_frames: int, sampling_rate: int, temporal: int):
-    """The clips of one video (worker thread): (seconds spent decoding, [DecodedClip] of its temporal views)."""
-    from slowfast_kernels import io
-
-    started = time.perf_counter()
-    clips = [io.read_video(path, num_frames=num_frames, sampling_rate=sampling_rate, clip_idx=t, num_clips=temporal)
-             for t in range(temporal)]
-    return time.perf_counter() - started, clips
-
-
 class _VideoError(Exception):
     """A video whose views could not be packed: its line is an error line, the run goes on."""
 
@@ -108,8 +99,9 @@ def _error_text(exc: BaseException) -> str:
 class _Batcher:
     """Views packed into slots of one preallocated (slow, fast) batch; a forward when it is full."""
 
-    def __init__(self, fused, cfg, args: argparse.Namespace, device: torch.device, emit) -> None:
+    def __init__(self, fused, cfg, args: argparse.Namespace, device: torch.device, emit, proto) -> None:
         self.fused, self.cfg, self.args, self.device, self.emit = fused, cfg, args, device, emit
+        self.preset = proto.preset
         self.batch = args.batch_size
         self.owners: List[_Video] = []
         self.buffers: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -127,17 +119,15 @@ class _Batcher:
         return options.DTYPES[self.args.dtype]
 
     def add(self, video: _Video, frames: torch.Tensor, index: torch.Tensor, spatial_idx: int) -> None:
-        import slowfast_kernels as sk
-
         if self.buffers is None:
             self.buffers = self._new_buffers()
         slot = len(self.owners)
         slow, fast = self.buffers
         started = time.perf_counter()
         try:
-            sk.pack_pathways(frames, index, self.cfg.alpha, size=self.args.size, crop=self.args.crop,
-                             spatial_idx=spatial_idx, dtype=self.fused_dtype, channels_last=True,
-                             backend=self.args.backend, out=(slow[slot], fast[slot]))
+            self.preset.pack(frames, index, self.cfg.alpha, spatial_idx, size=self.args.size, crop=self.args.crop,
+                             dtype=self.fused_dtype, channels_last=True, backend=self.args.backend,
+                             out=(slow[slot], fast[slot]))
         except (ValueError, RuntimeError) as exc:  # frames this video cannot be packed from
             video.failed = True
             raise _VideoError(exc) from exc
@@ -157,8 +147,8 @@ class _Batcher:
         share = (time.perf_counter() - started) / len(self.owners)  # each view's part of the forward
         for i, video in enumerate(self.owners):
             video.seconds += share
-            # PySlowFast: the views' probabilities summed, in view order, then divided by the view count
-            video.scores = probs[i].clone() if video.scores is None else video.scores + probs[i]
+            # the preset's ensemble: PySlowFast sums (or maxes) in view order; mean = the sum / the view count
+            video.scores = accumulate(video.scores, probs[i], self.preset.ensemble)
             video.scored += 1
             if video.scored == video.views and not video.failed:
                 self.emit(video)
@@ -176,13 +166,15 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     options.check_geometry(args, options.first_existing(videos))
     source = options.ModelSource.resolve(args, debug)
     options.check_top(args.top, source.num_classes)
-    labels = options.read_labels(args.labels, source.num_classes)
+    proto = test_protocol.resolve(args, source)
+    labels = test_protocol.read_labels(args.labels, source.num_classes)
+    test_protocol.load_ground_truth(proto, args.ground_truth, labels)
     output = resume.output_path(args)
     results = ResultsFile(output, dist.rank, dist.world_size) if output else None
     plan = resume.plan(args, source.arch, videos, results)  # every rank reads what is done before any writes
     dist.init(device)
     try:
-        return _run(args, dist, device, videos, source, labels, results, plan, sk)
+        return _run(args, dist, device, videos, source, labels, results, plan, sk, proto)
     finally:
         dist.close()
 
@@ -191,7 +183,7 @@ def _say(rank0: bool):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank0 else (lambda msg: None)
 
 
-def _run(args, dist: _Distributed, device, videos, source, labels, results, plan, sk) -> int:
+def _run(args, dist: _Distributed, device, videos, source, labels, results, plan, sk, proto) -> int:
     rank0 = dist.rank == 0
     say = _say(rank0)
     pending = plan.pending
@@ -209,20 +201,24 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
         results.open()
 
     torch.manual_seed(0)  # without a checkpoint, the same random weights in every rank and every run
-    model = source.build(head_act="softmax", train_crop=args.train_crop)
+    model = test_protocol.build_model(source, proto, args.train_crop, args.non_strict, say)
     source.state = None  # the weights live in the model now
     cfg = model.config
     fused = sk.fuse(model.to(device), dtype=options.DTYPES[args.dtype], backend=args.backend)
     del model
-    temporal, spatial = (10, (0, 1, 2)) if args.views == 30 else (1, (1,))
+    temporal, spatial = proto.clips, proto.crop_indices
     sampling_rate = options.SAMPLING_RATE[source.arch]
     failed = 0
 
     bar = Progress(pending, mine, dist.rank, dist.world_size, results, disable=args.no_progress)
 
+    scored: dict = {}  # without --output: the records to score (--ground-truth)
+
     def write(record: dict) -> None:
         record = {"video": record["video"], "resolved": video_key(record["video"]), **record,
                   "settings": plan.settings}
+        if "scores" in record:
+            scored[record["video"]] = record
         if results is not None:
             results.write(record)
         else:
@@ -231,24 +227,25 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
         bar.wrote()
 
     def emit(video: _Video) -> None:
-        scores = video.scores / video.views
+        scores = finalize(video.scores, video.views, proto.preset.ensemble)
         top = scores.topk(args.top)
         record = {"video": video.path,
                   "top": [[labels[i], round(p, 6)] for p, i in zip(top.values.tolist(), top.indices.tolist())],
                   "views": args.views, "arch": source.arch, "checkpoint": args.checkpoint,
                   "seconds": round(video.seconds, 3)}
+        record.update(proto.record_fields(scores, labels))
         if args.checkpoint is None:
             record["warning"] = RANDOM_WEIGHTS
         write(record)
 
-    batcher = _Batcher(fused, cfg, args, device, emit)
+    batcher = _Batcher(fused, cfg, args, device, emit, proto)
     queue: Deque[Tuple[str, Future]] = collections.deque()
     todo = iter(mine)
     with ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="decode") as pool, torch.inference_mode():
         def submit() -> None:
             path = next(todo, None)
             if path is not None:
-                queue.append((path, pool.submit(_decode, path, cfg.num_frames, sampling_rate, temporal)))
+                queue.append((path, pool.submit(proto.decode_video, path, cfg.num_frames, sampling_rate)))
 
         for _ in range(2 * args.workers):  # decoding runs this many videos ahead of the model
             submit()
@@ -276,6 +273,7 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
     dist.barrier()  # every part file is complete
     bar.close()
     if results is None:
+        test_protocol.summarize(proto, scored, labels, None, say)
         return EXIT_VIDEOS_FAILED if failed else EXIT_OK
     if rank0:
         results.merge_parts()
@@ -290,4 +288,6 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
                            "run the same command again to finish them")
     say(f"{len(videos)} videos in {results.path}, {len(errors)} failed to decode (--retry-failed runs them again)"
         if errors else f"{len(videos)} videos in {results.path}")
+    test_protocol.summarize(proto, {v: final[video_key(v)] for v in videos if video_key(v) in final}, labels,
+                            results.path, say)
     return EXIT_VIDEOS_FAILED if errors else EXIT_OK

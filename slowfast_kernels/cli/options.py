@@ -136,7 +136,7 @@ class ModelSource:
         except CheckpointError as exc:
             raise CheckpointError(str(exc).replace("pass weights_only=False", "pass --trust-checkpoint")) from exc
         try:
-            info = detect_arch(state, fmt)
+            info = detect_arch(state, fmt, strict=not getattr(args, "non_strict", False))
         except CheckpointError:
             if arch in (None, "auto"):
                 raise
@@ -151,14 +151,15 @@ class ModelSource:
             raise UsageError("\n".join(lines))
         return cls(info.arch, info.num_classes, state, fmt, detected=arch in (None, "auto"))
 
-    def build(self, head_act: Optional[str] = None, train_crop: int = 224):
-        """The reference model in eval mode, the checkpoint's weights loaded."""
+    def build(self, head_act: Optional[str] = None, train_crop: int = 224, strict: bool = True):
+        """The reference model in eval mode, the checkpoint's weights loaded (strict=False: what fits, with a
+        warning naming the rest)."""
         import slowfast_reference as R
         from slowfast_kernels.checkpoints import load_checkpoint
 
         model = R.build_model(self.arch, num_classes=self.num_classes, head_act=head_act, train_crop=train_crop)
         if self.state is not None:
-            load_checkpoint(model, self.state, format=self.format)
+            load_checkpoint(model, self.state, format=self.format, strict=strict)
         return model.eval()
 
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from slowfast_reference._args import is_int
-from slowfast_reference.pack import (check_value_range, parse_value_range, scale_to_unit, slow_frame_indices,
-                                     value_range_error)
+from slowfast_reference.pack import (SLOW_RULES, check_value_range, parse_value_range, scale_to_unit,
+                                     slow_frame_indices, value_range_error)
 
 from .. import _ext  # noqa: F401  (loads the native op schemas when the extension is built)
 from ..backends import choose_backend
@@ -132,6 +132,7 @@ def pack_pathways_ref(
     channels_last: bool = False,
     out: Optional[Sequence[torch.Tensor]] = None,
     value_range: Range = None,
+    slow_rule: str = "linspace",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eager PyTorch in PySlowFast's order: index_select, to(dtype) (/255 for uint8; float frames mapped
     from value_range to [0, 1]), normalize, permute, interpolate, crop, then the slow frames picked from the
@@ -139,12 +140,18 @@ def pack_pathways_ref(
     pack_pathways, float frames outside value_range refused alike."""
     value_range = parse_value_range(value_range, video.dtype)
     check_value_range(video, value_range, "video")
+    _check_slow_rule(slow_rule)
     return _pack_ref(video, fast_index, alpha, size=size, crop=crop, spatial_idx=spatial_idx, mean=mean, std=std,
-                     dtype=dtype, channels_last=channels_last, out=out, value_range=value_range)
+                     dtype=dtype, channels_last=channels_last, out=out, value_range=value_range, slow_rule=slow_rule)
+
+
+def _check_slow_rule(slow_rule) -> None:
+    if slow_rule not in SLOW_RULES:
+        raise ValueError(f"pack_pathways: slow_rule: expected one of {SLOW_RULES}, got {slow_rule!r}")
 
 
 def _pack_ref(video, fast_index, alpha, *, size, crop, spatial_idx, mean, std, dtype, channels_last, out,
-              value_range):
+              value_range, slow_rule="linspace"):
     alpha, spatial_idx = int(alpha), int(spatial_idx)
     size, crop = (None if v is None else int(v) for v in (size, crop))
     batched = video.dim() == 5
@@ -167,7 +174,7 @@ def _pack_ref(video, fast_index, alpha, *, size, crop, spatial_idx, mean, std, d
         frames = F.interpolate(frames.reshape(n * c, t, h, w), size=(rh, rw), mode="bilinear",
                                align_corners=False).reshape(n, c, t, rh, rw)
     frames = frames[:, :, :, y0:y0 + ch, x0:x0 + cw]
-    slow = torch.index_select(frames, 2, slow_frame_indices(t, alpha, frames.device))
+    slow = torch.index_select(frames, 2, slow_frame_indices(t, alpha, frames.device, rule=slow_rule))
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     slow, fast = slow.contiguous(memory_format=fmt), frames.contiguous(memory_format=fmt)
     if not batched:
@@ -259,6 +266,7 @@ def pack_pathways(
     channels_last: bool = False,
     out: Optional[Sequence[torch.Tensor]] = None,
     value_range: Range = None,
+    slow_rule: str = "linspace",
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample, resize, crop, normalize and lay out both pathways of a clip in one pass over the pixels.
@@ -273,11 +281,14 @@ def pack_pathways(
     fast_index: [T] (shared) or [N, T] frame indices, e.g. temporal_indices(...).
     Returns (slow [N, 3, T // alpha, S, S], fast [N, 3, T, S, S]) (no N for a 4-d video) in `dtype`,
     S = crop (or the resized frame when crop is None); slow frames = fast frames at
-    linspace(0, T - 1, T // alpha).long(). channels_last gives channels_last_3d memory. out: a
+    linspace(0, T - 1, T // alpha).long() (slow_rule="linspace", PySlowFast) or 0, alpha, 2 * alpha, ...
+    (slow_rule="stride", MMAction2's nearest resampling inside its backbone); every backend gathers the slow
+    frames through one index, so the rule costs nothing. channels_last gives channels_last_3d memory. out: a
     preallocated (slow, fast) pair of any strides, written in place and returned.
     """
     idx, alpha, size, crop, spatial_idx, vrange = _check_inputs(video, fast_index, alpha, size, crop, spatial_idx,
                                                                 dtype, out, value_range)
+    _check_slow_rule(slow_rule)
     mean3, std3 = _floats3(mean, "mean"), _floats3(std, "std")
     if any(s == 0 for s in std3):
         raise ValueError(f"pack_pathways: std: expected non-zero values, got {std3}")
@@ -291,7 +302,7 @@ def pack_pathways(
     chosen = _choose_backend(backend, video.device)
     if chosen == "reference":
         return _pack_ref(video, idx, alpha, size=size, crop=crop, spatial_idx=spatial_idx, mean=mean3, std=std3,
-                         dtype=dtype, channels_last=channels_last, out=out, value_range=vrange)
+                         dtype=dtype, channels_last=channels_last, out=out, value_range=vrange, slow_rule=slow_rule)
     if video.dtype != torch.uint8 and vrange != (0.0, 1.0):
         # The kernels compute (x - mean) / std on float frames: ((x - lo) / (hi - lo) - m) / s folded in.
         lo, width = vrange[0], vrange[1] - vrange[0]
@@ -299,7 +310,8 @@ def pack_pathways(
         std3 = tuple(sd * width for sd in std3)
     v5 = video if video.dim() == 5 else video.unsqueeze(0)
     fast_idx = _per_sample_index(idx, v5.shape[0]).contiguous()
-    slow_idx = fast_idx[:, slow_frame_indices(t, alpha, idx.device)].contiguous()
+    # The kernels take the slow frames as an index of their own: either rule is a gather of fast frames.
+    slow_idx = fast_idx[:, slow_frame_indices(t, alpha, idx.device, rule=slow_rule)].contiguous()
     args = (v5, fast_idx, slow_idx, [rh, rw], list(box), list(mean3), list(std3))
     ops = torch.ops.slowfast_kernels
     if out is not None:
