@@ -98,10 +98,6 @@ class Stream:
         except self.errors as exc:
             raise VideoDecodeError(f"{self.who}: {self.path}: demuxing failed, the file is corrupt or truncated "
                                    f"({exc})") from exc
-        listed = int(self.stream.frames)
-        if listed > 0 and packets < listed - slack(listed):
-            raise VideoDecodeError(f"{self.who}: {self.path}: truncated: the container lists {listed} frames, "
-                                   f"the file holds {packets}")
         if not pts:
             raise VideoDecodeError(f"{self.who}: {self.path}: the video stream holds no frames")
         self.num_frames = len(pts)
@@ -116,6 +112,19 @@ class Stream:
         self.time_base = self.stream.time_base
         duration = self.stream.duration
         self.duration_s = float(duration * self.time_base) if duration and self.time_base else None
+        listed = int(self.stream.frames)
+        if listed > 0 and packets < listed - slack(listed) and self._ends_early(pts if timed else None, listed):
+            raise VideoDecodeError(f"{self.who}: {self.path}: truncated: the container lists {listed} frames, "
+                                   f"the file holds {packets}")
+
+    def _ends_early(self, pts: Optional[List[int]], listed: int) -> bool:
+        """Fewer packets than the index lists: a cut file, unless an edit list made the demuxer skip the
+        packets before its start (then the packets still reach the end of the stream's duration)."""
+        if pts is None or not self.stream.duration or not self.time_base or not self.fps:
+            return True
+        end = (self.stream.start_time or 0) + self.stream.duration
+        frames_short = float((end - max(pts)) * self.time_base) * self.fps - 1
+        return frames_short > slack(listed)
 
     def close(self) -> None:
         self.container.close()
