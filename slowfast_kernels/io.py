@@ -77,17 +77,17 @@ def pyslowfast_clips(num_frames: int, sampling_rate: int, clip_idx: Union[int, I
     return sample
 
 
-def read_clips(path: PathLike, sample: ClipSampler, *, seek: bool = True, budget=None) -> Iterator[DecodedClip]:
-    """The clips `sample` picks, decoded in one pass, each handed over once its last frame is decoded.
+def read_clips(path: PathLike, sampler: ClipSampler, *, seek: bool = True, budget=None) -> Iterator[DecodedClip]:
+    """The clips `sampler` picks, decoded in one pass, each handed over once its last frame is decoded.
 
-    sample(num_video_frames, fps) gives one int64 [T] index tensor per clip (pyslowfast_clips, say); clips
+    sampler(num_video_frames, fps) gives one int64 [T] index tensor per clip (pyslowfast_clips, say); clips
     should come in order of their last frame (a clip waits for those before it). Only frames some clip uses
     are converted and held, each until the last clip using it has left: peak memory is the distinct frames
     of the clips that overlap in time, not their spans. `budget` (acquire(nbytes) / release(nbytes), called
     for every byte held here: classify's pipeline bounds its decoding threads with it) is optional; a
     caller passing one releases each clip's frames.nbytes when done with it. Raises as read_video.
     """
-    for frames, index, numbers, fps, total in _decode.read_clips(path, sample, seek=seek, budget=budget):
+    for frames, index, numbers, fps, total in _decode.read_clips(path, sampler, seek=seek, budget=budget):
         yield DecodedClip(frames, index, fps, int(numbers[0]), total, numbers)
 
 
