@@ -58,8 +58,9 @@ def test_order_and_budget():
     assert seen == [(p, t) for p in paths for t in range(3)] and not errors
     (budget,) = budget_peaks
     assert budget.used == 0
-    # the limit, plus one clip of the video being read, taken while none of its clips was waiting
-    assert budget.peak <= 3 * CLIP
+    # The other videos fill the limit while the consumer waits for the video it reads, holding nothing;
+    # that video decodes past the limit: the clip the consumer then packs, and the next one.
+    assert budget.peak <= 2 * CLIP + 2 * CLIP
 
 
 def test_a_failing_video_is_reported_and_the_others_go_on():

@@ -108,6 +108,7 @@ def _decoded(decoding, video: _Video):
         if clip is None:
             return
         yield clip
+        del clip  # packed: the frames go before the next clip is waited for
 
 
 def _error_text(exc: BaseException) -> str:

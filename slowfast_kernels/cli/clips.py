@@ -5,8 +5,9 @@ temporal clip is handed over as soon as its last frame is decoded. The consumer 
 the videos in order and the clips of each in order; it packs a clip's crops, then releases it. Every
 byte of decoded frames held by the decoding threads or waiting in their queues counts against one
 budget (DECODE_AHEAD_BYTES): a thread that would exceed it waits, except the thread of the video the
-consumer is reading while none of its clips is waiting (the consumer waits for it: it must go on), so
-the budget is exceeded at most by that video's own one-pass needs.
+consumer is reading while none of its clips is waiting (the consumer waits for it: it must go on). The
+other videos fill at most the budget, so the peak is the budget plus what the video being read needs
+beyond it: its one pass's held frames, the clip being packed and the clip being stacked.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Deque, Iterator, List, Optional
 
-# 512 MiB of decoded frames ahead of the model: 70 1080p frames (2 clips of 32), 20 4K frames (a 4K clip
-# is 32 x 24.9 MB = 796 MB: one clip at a time, decoded while the previous one is packed), 2300 frames
-# of 320x240 (there the limit is --workers x 2 videos in flight).
+# 512 MiB of decoded frames ahead: 2.7 1080p clips of 32 frames (6.2 MB each), less than one 4K clip
+# (32 x 24.9 MB = 796 MB: there only the video being read decodes, its next clip while one is packed),
+# 70 clips of 320x240 (there --workers bounds the videos in flight first).
 DECODE_AHEAD_BYTES = 512 << 20
 
 
@@ -112,6 +113,7 @@ class DecodingVideo:
                 yield item
             finally:
                 self.budget.release(item.frames.nbytes)  # its crops are packed: the frames can go
+                del item  # now, not once the next clip has come
 
     def cancel(self) -> None:
         """Stop decoding this video and drop the clips already decoded (returns once its thread stopped)."""
