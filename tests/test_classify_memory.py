@@ -83,6 +83,6 @@ def test_30_views_of_1080p_peak_rss_growth_is_bounded(tmp_path):
     # Beyond them: the clip being stacked (32 frames, 199 MB) while the one before is packed (199 MB);
     # queued clips wait within the budget, which those frames already exceed. The decoder's frame pool,
     # pack temporaries and the decoding thread's malloc arena take the rest: 250 MB allowed, 1.05 GB in
-    # all (measured: 0.92 GB at crop 256), a quarter of the 4.0 GB the ten windows took.
+    # all (measured: 0.85 GB), a quarter of the 4.0 GB the ten windows took.
     bound = (64 + 2 * 32) * FRAME_BYTES + 250e6
     assert result["growth"] < bound, f"peak RSS grew {result['growth'] / 1e9:.2f} GB, bound {bound / 1e9:.2f} GB"
