@@ -1,36 +1,38 @@
 """Video decoding with PyAV: the frames a SlowFast clip needs, as uint8 [V, H, W, 3] RGB.
 
-    clip = read_video("video.mp4", num_frames=32, sampling_rate=2)          # the centre clip
+    clip = read_video("video.mp4", num_frames=32, sampling_rate=2)          # clip 0 of 1
     slow, fast = slowfast_kernels.pack_pathways(clip.frames, clip.index, alpha=4, size=256, crop=256)
 
-read_video decodes only the frames between the clip's first and last index when the container can
-seek (it seeks to the keyframe before the first one); clip.index holds the clip's frame indices
-(PySlowFast's sampling, see temporal_indices) relative to clip.frames, so the temporal gather happens
-in pack_pathways' single pass. probe_video gives frame count, fps and size without decoding the video;
+read_video keeps only the frames the clip samples (clip.frames[clip.index] is the clip; seeking to the
+keyframe before its first frame where the timestamps allow it), so the temporal gather happens in
+pack_pathways' single pass; clip.frame_numbers[clip.index] are the video frame numbers. read_clips decodes the clips of several views in one pass, handing each over
+as soon as its last frame is decoded. Frame k is the k-th frame the decoder delivers (variable frame
+rate, restarted timestamps and edit lists included); the sampling rule (pyslowfast_clips) is a separate
+function of the frame count and fps. probe_video gives frame count, fps and size without decoding;
 kinetics_400_labels the class names of Kinetics-400 checkpoints.
 PyAV is imported on first use: `import slowfast_kernels` works without it.
 """
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 
+from . import _decode
+from ._decode import ClipSampler, VideoDecodeError
 from .ops.pack_pathways import temporal_indices
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-
-class VideoDecodeError(RuntimeError):
-    """The file exists but is not a decodable video (corrupt, truncated, no video stream)."""
+__all__ = ["ClipSampler", "DecodedClip", "VideoDecodeError", "VideoInfo", "kinetics_400_labels", "probe_video",
+           "pyslowfast_clips", "read_clips", "read_video", "synthetic_video", "write_video"]
 
 
 class VideoInfo(NamedTuple):
-    num_frames: int        # frames in the video stream
+    num_frames: int        # frames the decoder delivers (the demuxer's packets, less those an edit list hides)
     fps: float             # average frame rate
     height: int
     width: int
@@ -38,11 +40,12 @@ class VideoInfo(NamedTuple):
 
 
 class DecodedClip(NamedTuple):
-    frames: torch.Tensor   # uint8 [V', H, W, 3]: the decoded frames, video frames start_frame ...
-    index: torch.Tensor    # int64 [T]: the clip's frames, as indices into `frames` (all frames when T is None)
+    frames: torch.Tensor   # uint8 [V', H, W, 3]: the clip's distinct frames in order (every frame when T is None)
+    index: torch.Tensor    # int64 [T]: the clip's frames as indices into `frames`
     fps: float
-    start_frame: int       # video frame number of frames[0]
-    num_video_frames: int  # frames in the whole video
+    start_frame: int       # video frame number of frames[0] (the clip's first frame)
+    num_video_frames: int  # frames in the whole video, as sampled
+    frame_numbers: Optional[torch.Tensor] = None  # int64 [V']: video frame number of each of `frames`
 
 
 def kinetics_400_labels() -> List[str]:
@@ -50,97 +53,42 @@ def kinetics_400_labels() -> List[str]:
     return (Path(__file__).parent / "data" / "kinetics_400_labels.txt").read_text().splitlines()
 
 
-def _import_av():
-    try:
-        import av
-    except ImportError as exc:
-        raise ImportError("slowfast_kernels.io needs PyAV: pip install av") from exc
-    return av
-
-
-def _decode_errors(av) -> Tuple[type, ...]:
-    return (av.error.FFmpegError, OSError, ValueError)
-
-
-class _Stream:
-    """An open container, its video stream and the pts <-> frame number map (constant frame rate)."""
-
-    def __init__(self, path: PathLike):
-        self.path = os.fspath(path)
-        if os.path.isdir(self.path):
-            raise VideoDecodeError(f"read_video: {self.path}: is a directory, not a video file")
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"read_video: {self.path}: no such file")
-        self.av = av = _import_av()
-        try:
-            self.container = av.open(self.path)
-        except _decode_errors(av) as exc:
-            raise VideoDecodeError(f"read_video: {self.path}: not a readable video file ({exc})") from exc
-        if not self.container.streams.video:
-            self.container.close()
-            raise VideoDecodeError(f"read_video: {self.path}: the file has no video stream")
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
-        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
-        self.rate = Fraction(rate) if rate else None
-        self.fps = float(rate) if rate else None
-        self.time_base = self.stream.time_base
-        self.start_pts = self.stream.start_time or 0
-
-    def close(self) -> None:
-        self.container.close()
-
-    def frame_number(self, pts: Optional[int], fallback: int) -> int:
-        if pts is None or self.rate is None or self.time_base is None:
-            return fallback
-        return round((pts - self.start_pts) * self.time_base * self.rate)
-
-    def frames(self, seek_to: int = 0) -> Iterator[Tuple[int, "object"]]:
-        """(frame number, av.VideoFrame) in presentation order, from the keyframe before `seek_to`."""
-        count = 0
-        if seek_to > 0 and self.rate and self.time_base:
-            target = self.start_pts + int(seek_to / self.rate / self.time_base)
-            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
-            count = None  # frame numbers come from pts after a seek
-        try:
-            for frame in self.container.decode(self.stream):
-                if count is None:
-                    number = self.frame_number(frame.pts, -1)
-                    if number < 0:
-                        raise VideoDecodeError(f"read_video: {self.path}: frames without timestamps cannot be "
-                                               "sought; pass seek=False")
-                else:
-                    number = self.frame_number(frame.pts, count)
-                    count += 1
-                yield number, frame
-        except _decode_errors(self.av) as exc:
-            raise VideoDecodeError(f"read_video: {self.path}: decoding failed, the file is corrupt or truncated "
-                                   f"({exc})") from exc
-
-    def num_frames(self) -> int:
-        if self.stream.frames > 0:
-            return int(self.stream.frames)
-        # No frame count in the header: count the packets (demuxing only, no decoding).
-        n = sum(1 for packet in self.container.demux(self.stream) if packet.size > 0)
-        self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
-        if n == 0:
-            raise VideoDecodeError(f"read_video: {self.path}: the video stream holds no frames")
-        return n
-
-
 def probe_video(path: PathLike) -> VideoInfo:
-    """Frame count, fps, size and duration from the container, without decoding frames."""
-    s = _Stream(path)
+    """Frame count, fps, size and duration from the container and its packets, without decoding frames."""
+    s = _decode.Stream(path, "probe_video")
     try:
-        n = s.num_frames()
-        duration = float(s.stream.duration * s.time_base) if s.stream.duration and s.time_base else None
-        return VideoInfo(n, s.fps or 0.0, s.stream.height, s.stream.width, duration)
+        return VideoInfo(s.num_frames, s.fps or 0.0, s.stream.height, s.stream.width, s.duration_s)
     finally:
         s.close()
 
 
-def _to_tensor(frames: List[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(frames))
+def pyslowfast_clips(num_frames: int, sampling_rate: int, clip_idx: Union[int, Iterable[int]] = 0,
+                     num_clips: int = 1, generator: Optional[torch.Generator] = None,
+                     target_fps: Optional[float] = 30) -> ClipSampler:
+    """PySlowFast's temporal sampling as a ClipSampler: clip(s) `clip_idx` of `num_clips` (temporal_indices
+    with the video's average fps; target_fps None: every `sampling_rate`-th frame whatever the rate)."""
+    ids = [clip_idx] if isinstance(clip_idx, int) else list(clip_idx)
+
+    def sample(num_video_frames: int, fps: Optional[float]) -> List[torch.Tensor]:
+        rate = fps if target_fps is not None else None
+        return [temporal_indices(num_video_frames, num_frames, sampling_rate, i, num_clips, generator, fps=rate,
+                                 target_fps=target_fps if target_fps is not None else 30) for i in ids]
+
+    return sample
+
+
+def read_clips(path: PathLike, sampler: ClipSampler, *, seek: bool = True, budget=None) -> Iterator[DecodedClip]:
+    """The clips `sampler` picks, decoded in one pass, each handed over once its last frame is decoded.
+
+    sampler(num_video_frames, fps) gives one int64 [T] index tensor per clip (pyslowfast_clips, say); clips
+    should come in order of their last frame (a clip waits for those before it). Only frames some clip uses
+    are converted and held, each until the last clip using it has left: peak memory is the distinct frames
+    of the clips that overlap in time, not their spans. `budget` (acquire(nbytes) / release(nbytes), called
+    for every byte held here: classify's pipeline bounds its decoding threads with it) is optional; a
+    caller passing one releases each clip's frames.nbytes when done with it. Raises as read_video.
+    """
+    for frames, index, numbers, fps, total in _decode.read_clips(path, sampler, seek=seek, budget=budget):
+        yield DecodedClip(frames, index, fps, int(numbers[0]), total, numbers)
 
 
 def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rate: int = 1, clip_idx: int = 0,
@@ -150,87 +98,31 @@ def read_video(path: PathLike, *, num_frames: Optional[int] = None, sampling_rat
 
     num_frames None: every frame; clip.index = arange(V). Otherwise the clip of num_frames frames
     `sampling_rate` apart at target_fps, number clip_idx of num_clips spread uniformly over the video
-    (clip_idx -1: a random start), exactly PySlowFast's temporal sampling (temporal_indices with the
-    stream's average frame rate as fps: a 25 fps video spans 25/30 as many of its frames per clip as a
-    30 fps one); target_fps=None samples every `sampling_rate`-th frame whatever the rate. A video shorter
-    than the clip repeats its last frame. frame_index: another sampling rule, a callable (frame count, fps)
-    -> absolute frame indices [T] (slowfast_kernels.sampling.frame_index_rule), replacing num_frames,
-    sampling_rate, clip_idx and num_clips. Raises FileNotFoundError for a missing file and VideoDecodeError
-    for a file that is not a video, has no video stream, or is corrupt or truncated.
+    (clip_idx -1: a random start), exactly PySlowFast's temporal sampling (pyslowfast_clips: a 25 fps
+    video spans 25/30 as many of its frames per clip as a 30 fps one); target_fps=None samples every
+    `sampling_rate`-th frame whatever the rate. clip.frames holds the clip's distinct frames only. A video
+    shorter than the clip repeats its last frame. frame_index: another sampling rule, a callable (frame
+    count, fps) -> absolute frame indices [T] (slowfast_kernels.sampling.frame_index_rule), replacing
+    num_frames, sampling_rate, clip_idx and num_clips. Raises FileNotFoundError for a missing file and
+    VideoDecodeError (naming the file) for a file that is not a video, has no video stream, is corrupt, or
+    holds fewer packets than its index lists (truncated).
     """
-    s = _Stream(path)
-    try:
-        if num_frames is None and frame_index is None:
-            frames = [f.to_ndarray(format="rgb24") for _, f in s.frames()]
-            if not frames:
-                raise VideoDecodeError(f"read_video: {s.path}: the video stream holds no frames")
-            expected = int(s.stream.frames)
-            if expected > 0 and len(frames) < expected - _slack(expected):
-                raise VideoDecodeError(f"read_video: {s.path}: truncated: decoded {len(frames)} of the "
-                                       f"{expected} frames the container lists")
-            return DecodedClip(_to_tensor(frames), torch.arange(len(frames)), s.fps or 0.0, 0, len(frames))
-
-        total = s.num_frames()
-        fps = s.fps if target_fps is not None else None
-        if frame_index is not None:
-            index = torch.as_tensor(frame_index(total, s.fps), dtype=torch.int64)
-        else:
-            index = temporal_indices(total, num_frames, sampling_rate, clip_idx, num_clips, generator, fps=fps,
-                                     target_fps=target_fps if target_fps is not None else 30)
-        first, last = int(index.min()), int(index.max())
-        window = _decode_window(s, first, last, seek)
-        if window is None and seek:  # the seek landed after `first` (imprecise index): decode from the start
-            window = _decode_window(_reopen(s), first, last, False)
-        if window is None:
-            raise VideoDecodeError(f"read_video: {s.path}: truncated: frame {first} of the {total} frames the "
-                                   "container lists could not be decoded")
-        got_last, frames = window
-        if got_last < last:
-            if got_last < total - 1 - _slack(total):
-                raise VideoDecodeError(f"read_video: {s.path}: truncated: decoding ended at frame {got_last}, the "
-                                       f"clip needs frame {last} of the {total} the container lists")
-            frames += [frames[-1]] * (last - got_last)  # PySlowFast's clamp to the last decoded frame
-        return DecodedClip(_to_tensor(frames), index - first, s.fps or 0.0, first, total)
-    finally:
-        s.close()
-
-
-def _slack(total: int) -> int:
-    """Frames a header may over-count (edit lists, a dropped last frame) before a short stream is an error."""
-    return max(1, total // 100)
-
-
-def _reopen(s: _Stream) -> _Stream:
-    s.container.seek(0, stream=s.stream, backward=True, any_frame=False)
-    return s
-
-
-def _decode_window(s: _Stream, first: int, last: int, seek: bool):
-    """(last frame number decoded, frames first..last) or None when frame `first` was not reached.
-
-    A frame number missing from the stream (a dropped or variable-rate frame) takes the previous frame.
-    """
-    frames: List[np.ndarray] = []
-    number = -1
-    for number, frame in s.frames(first if seek else 0):
-        if number < first:
-            continue
-        if not frames and number > first:
-            return None
-        while first + len(frames) < min(number, last + 1):
-            frames.append(frames[-1])
-        if number <= last:
-            frames.append(frame.to_ndarray(format="rgb24"))
-        if number >= last:
-            break
-    if not frames:
-        return None
-    return min(number, last), frames
+    if num_frames is None and frame_index is None:
+        frames, fps = _decode.read_all(path)
+        every = torch.arange(frames.shape[0])
+        return DecodedClip(frames, every, fps, 0, frames.shape[0], every)
+    if frame_index is not None:
+        def sample(num_video_frames: int, fps: Optional[float]) -> List[torch.Tensor]:
+            return [torch.as_tensor(frame_index(num_video_frames, fps), dtype=torch.int64)]
+    else:
+        sample = pyslowfast_clips(num_frames, sampling_rate, clip_idx, num_clips, generator, target_fps)
+    (frames, index, numbers, fps, total), = _decode.read_clips(path, sample, seek=seek, who="read_video")
+    return DecodedClip(frames, index, fps, int(numbers[0]), total, numbers)
 
 
 def write_video(path: PathLike, frames: torch.Tensor, fps: int = 30, crf: int = 18) -> Path:
     """Encode uint8 RGB frames [V, H, W, 3] (H, W even) to an H.264 MP4 with PyAV; returns the path."""
-    av = _import_av()
+    av = _decode.import_av()
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"write_video: frames: expected uint8 [V, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     _, h, w, _ = frames.shape

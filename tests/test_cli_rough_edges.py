@@ -96,6 +96,7 @@ def test_seconds_is_the_videos_own_time_not_its_wait(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(sk, "fuse", fuse_with_a_10_s_forward)
     monkeypatch.setattr(classify, "time", clock)
+    monkeypatch.setattr(classify.clips, "time", clock)  # the decode threads' clock: never advanced
     status = main(["classify", *videos, "--size", "32", "--crop", "32", "--train-crop", "32", "--device", "cpu",
                    "--dtype", "float32", "--no-progress", "--backend", "reference", "--batch-size", "1",
                    "--workers", "2"])

@@ -1,7 +1,8 @@
 """classify: top-k labels of a corpus of videos, one JSON line per video.
 
-Pipeline: worker threads decode videos ahead of the model (PyAV releases the GIL while it decodes);
-the main thread packs each view (pack_pathways: sampling, resize, crop, normalise, layout in one pass)
+Pipeline: worker threads decode videos ahead of the model (PyAV releases the GIL while it decodes), one
+pass per video holding only the sampled frames, within a memory budget (cli/clips.py); the main thread
+packs each view (pack_pathways: sampling, resize, crop, normalise, layout in one pass)
 straight into its slot of a preallocated batch, and runs the fused model once per --batch-size views,
 whichever videos they come from (a CUDA graph per batch shape on GPUs). A video's line is written when
 its last view is scored. PySlowFast's test protocol: softmax per head position (2x2 positions at a 256
@@ -11,18 +12,16 @@ temporal x 3 spatial). Under torchrun, rank r classifies videos r, r + N, ... of
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Deque, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from . import options, protocol as test_protocol, resume
+from . import clips, options, protocol as test_protocol, resume
 from .corpus import ResultsFile, encode, expand_inputs, read_results, video_key
 from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
 from .progress import Progress
@@ -87,8 +86,31 @@ class _Distributed:
                 dist.destroy_process_group()
 
 
+def _reader(proto, num_frames: int, sampling_rate: int):
+    """read(path, budget) -> the video's temporal clips (io.DecodedClip) by the protocol's sampling rule,
+    decoded in one pass."""
+    from slowfast_kernels import io
+
+    return lambda path, budget: io.read_clips(path, proto.sampler(path, num_frames, sampling_rate), budget=budget)
+
+
 class _VideoError(Exception):
-    """A video whose views could not be packed: its line is an error line, the run goes on."""
+    """A video whose views could not be decoded or packed: its line is an error line, the run goes on."""
+
+
+def _decoded(decoding, video: _Video):
+    """decoding.clips(), a decoding error raised as _VideoError (views already in the batch go unscored)."""
+    clips_left = decoding.clips()
+    while True:
+        try:
+            clip = next(clips_left, None)
+        except Exception as exc:  # noqa: BLE001 - one undecodable video must not end the run
+            video.failed = True
+            raise _VideoError(exc) from exc
+        if clip is None:
+            return
+        yield clip
+        del clip  # packed: the frames go before the next clip is waited for
 
 
 def _error_text(exc: BaseException) -> str:
@@ -239,34 +261,24 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
         write(record)
 
     batcher = _Batcher(fused, cfg, args, device, emit, proto)
-    queue: Deque[Tuple[str, Future]] = collections.deque()
-    todo = iter(mine)
-    with ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="decode") as pool, torch.inference_mode():
-        def submit() -> None:
-            path = next(todo, None)
-            if path is not None:
-                queue.append((path, pool.submit(proto.decode_video, path, cfg.num_frames, sampling_rate)))
-
-        for _ in range(2 * args.workers):  # decoding runs this many videos ahead of the model
-            submit()
-        while queue:
-            path, future = queue.popleft()
-            submit()
+    read = _reader(proto, cfg.num_frames, sampling_rate)
+    with torch.inference_mode():
+        # Decoding runs ahead by --workers videos and clips.DECODE_AHEAD_BYTES of frames; each clip is
+        # released once its crops are packed.
+        for decoding in clips.decode_ahead(mine, read, workers=args.workers, videos_ahead=args.workers):
+            video = _Video(decoding.path, 0.0, temporal * len(spatial))
+            counted = 0.0  # decoding.seconds already in video.seconds (the decode thread adds as it goes)
             try:
-                decode_seconds, clips = future.result()
-            except Exception as exc:  # noqa: BLE001 - one undecodable video must not end the run
-                failed += 1
-                write({"video": path, "error": _error_text(exc)})
-                continue
-            video = _Video(path, decode_seconds, temporal * len(spatial))
-            try:
-                for clip in clips:
+                for clip in _decoded(decoding, video):
+                    now = decoding.seconds
+                    video.seconds, counted = video.seconds + now - counted, now
                     frames, index = clip.frames.to(device, non_blocking=True), clip.index.to(device)
                     for s in spatial:
                         batcher.add(video, frames, index, s)
+                    del frames, index, clip
             except _VideoError as exc:
                 failed += 1
-                write({"video": path, "error": _error_text(exc.__cause__)})
+                write({"video": decoding.path, "error": _error_text(exc.__cause__)})
         batcher.run()
     if results is not None:
         results.close()

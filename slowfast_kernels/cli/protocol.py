@@ -84,18 +84,14 @@ class Protocol:
     def views(self) -> int:
         return self.preset.clips * self.preset.crops
 
-    def decode_video(self, path: str, num_frames: int, sampling_rate: int):
-        """The clips of one video (worker thread): (seconds spent decoding, [DecodedClip] of its temporal views)."""
-        from slowfast_kernels import io
+    def sampler(self, path: str, num_frames: int, sampling_rate: int):
+        """The io.ClipSampler of this protocol's temporal clips of one video (its sampling rule, clip by clip),
+        for io.read_clips: every clip decoded in one pass."""
         from slowfast_kernels.sampling import frame_index_rule
 
-        started = time.perf_counter()
-        clips = []
-        for t in range(self.clips):
-            rule = frame_index_rule(self.sampling, num_frames, sampling_rate, t, self.clips,
-                                    target_fps=self.preset.target_fps or 30, path=path)
-            clips.append(io.read_video(path, frame_index=rule))
-        return time.perf_counter() - started, clips
+        rules = [frame_index_rule(self.sampling, num_frames, sampling_rate, t, self.clips,
+                                  target_fps=self.preset.target_fps or 30, path=path) for t in range(self.clips)]
+        return lambda num_video_frames, fps: [rule(num_video_frames, fps) for rule in rules]
 
     def record_fields(self, scores: torch.Tensor, labels: List[str]) -> dict:
         """What a video's JSON line adds: the preset and views; multi-label: the labels at or above the
