@@ -24,7 +24,7 @@ import collections
 import contextlib
 import threading
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -254,7 +254,8 @@ class FusedSlowFast(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype=self.dtype).contiguous(memory_format=CL)
 
-    def features(self, inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def backbone(self, inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Each pathway's res5 output (NDHWC, the model's dtype), from already checked inputs."""
         if self.slow_only:
             x = self.stems[0](self._prepare(inputs[0]))
             for stage in self.stages:
@@ -269,12 +270,8 @@ class FusedSlowFast(nn.Module):
         slow_stage, fast_stage = self.stages[3]  # res5: no lateral
         return [slow_stage(x), fast_stage(fast)]
 
-    def head(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The reference head in eval mode, in fp32: each pathway pooled with its fixed window (stride 1),
-        the classifier at every remaining position, softmax or sigmoid per position (head_act), mean over
-        positions.
-        Without softmax the mean of the logits is the logits of the mean feature (the classifier is
-        linear), so the positions are averaged first."""
+    def _pooled(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[N, sum C, t, h, w] fp32: each pathway pooled with its fixed head window (stride 1), concatenated."""
         pooled = []
         for f, kernel in zip(feats, self.head_kernels):
             if kernel is None or all(k >= size for k, size in zip(kernel, f.shape[2:])):
@@ -282,25 +279,53 @@ class FusedSlowFast(nn.Module):
                 pooled.append(f.mean(dim=(2, 3, 4), keepdim=True, dtype=torch.float32))
             else:
                 pooled.append(head_pool(f.float(), kernel))
-        x = torch.cat(pooled, dim=1)
+        return torch.cat(pooled, dim=1)
+
+    def head(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The reference head in eval mode, in fp32: each pathway pooled with its fixed window (stride 1),
+        the classifier at every remaining position, softmax or sigmoid per position (head_act), mean over
+        positions.
+        Without softmax the mean of the logits is the logits of the mean feature (the classifier is
+        linear), so the positions are averaged first."""
+        x = self._pooled(feats)
         if self.head_act is None:
             return torch.nn.functional.linear(x.mean(dim=(2, 3, 4)), self.head_weight, self.head_bias)
         logits = torch.nn.functional.linear(x.permute(0, 2, 3, 4, 1), self.head_weight, self.head_bias)
         probs = logits.softmax(dim=-1) if self.head_act == "softmax" else logits.sigmoid()
         return probs.mean(dim=(1, 2, 3))
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _run(self, inputs: Sequence[torch.Tensor], after_backbone: Callable[[List[torch.Tensor]], Any]):
         self._check_inputs(inputs)
         # no_grad: inference only; also lets weights made under inference_mode be used outside it.
         cpu = inputs[0].device.type == "cpu"
         if not cpu or torch.compiler.is_compiling():
             with torch.no_grad():
-                return self.head(self.features(inputs))
+                return after_backbone(self.backbone(inputs))
         self._note_signature(inputs)
         # One finiteness check per input here spares every oneDNN ReLU layer its own (plan: NaN and inf).
         finite = all(all_finite(t) for t in inputs)
         with torch.no_grad(), reuse_cpu_buffers(), inputs_known_finite(finite):
-            return self.head(self.features(inputs))
+            return after_backbone(self.backbone(inputs))
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self._run(inputs, self.head)
+
+    def features(self, inputs: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The reference's SlowFast.features, fp32: {"slow": [N, 2048], "fast": [N, 256], "concat": [N, 2304]}
+        (Slow-only: "slow", "concat"), the head's pooled map averaged over its positions, before the
+        classifier (with head_act=None, linear(features["concat"], head_weight, head_bias) are the logits)."""
+        return self._run(inputs, self._feature_vectors)
+
+    def logits_and_features(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """forward's output and features(inputs) from one pass through the backbone."""
+        return self._run(inputs, lambda maps: (self.head(maps), self._feature_vectors(maps)))
+
+    def _feature_vectors(self, maps: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        concat = self._pooled(maps).mean(dim=(2, 3, 4))
+        widths = [m.shape[1] for m in maps]
+        out = dict(zip(("slow", "fast"), concat.split(widths, dim=1)))
+        out["concat"] = concat
+        return out
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
         """Raw decoded uint8 video [V, H, W, 3] (or [N, V, H, W, 3]) -> logits, through pack_pathways.
@@ -391,6 +416,13 @@ class CUDAGraphRunner(nn.Module):
 
     def from_video(self, video: torch.Tensor, fast_index: torch.Tensor, **pack_kwargs) -> torch.Tensor:
         return self(_pack_for(self.model, video, fast_index, pack_kwargs))
+
+    def features(self, inputs: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """FusedSlowFast.features, run without a graph (a graph is captured for forward only)."""
+        return self.model.features(inputs)
+
+    def logits_and_features(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        return self.model.logits_and_features(inputs)
 
 
 def _check_device(device) -> torch.device:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -393,6 +393,30 @@ class SlowFast(nn.Module):
         for block in self.blocks[:-2]:
             y = block(y)
         return self.blocks[-1](self.blocks[-2](y))
+
+    def features(self, x: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """What the classifier reads, per clip: the head's pooled map (each pathway's res5 output through its
+        AvgPool3d window, the same windows as forward) averaged over the positions that remain.
+        {"slow": [N, 2048], "fast": [N, 256], "concat": [N, 2304]} for R50/R101 SlowFast (Slow-only:
+        "slow" and "concat", [N, 2048]). Before dropout and the classifier: in eval mode with head_act=None,
+        head.proj(features["concat"]) equals forward's logits (the classifier is linear)."""
+        self.check_inputs(x)
+        head = self.blocks[-1]
+        if self.config.slow_only:
+            y = x[0]
+            for block in self.blocks[:-1]:
+                y = block(y)
+            maps = [head_pool(y, head.pool_kernel) if head.pool else y]
+        else:
+            y = list(x)
+            for block in self.blocks[:-2]:
+                y = block(y)
+            kernels = self.blocks[-2].kernels or [None] * len(y)
+            maps = [head_pool(yi, k) for yi, k in zip(y, kernels)]
+        vectors = [m.mean(dim=(2, 3, 4)) for m in maps]
+        out = dict(zip(("slow", "fast"), vectors))
+        out["concat"] = torch.cat(vectors, dim=1)
+        return out
 
 
 def _factory(name: str):
