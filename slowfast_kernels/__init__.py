@@ -15,6 +15,9 @@ from .ops.conv3d_bn_act_maxpool import conv3d_bn_act_maxpool, conv3d_bn_act_maxp
 from .modules import Conv3dBNAct, Conv3dBNActMaxPool
 from . import tuning
 from .fuse import fuse
+# Detection (AVA): the RoI head op and the fused detector
+from .ops.roi_align_pool import roi_align_pool, roi_align_pool_ref
+from .fuse_detection import FusedSlowFastDetector, fuse_detector
 
 __version__ = "0.1.0"
 
@@ -23,4 +26,5 @@ __all__ = [
     "conv3d_bn_act_maxpool_ref", "conv3d_bn_act_ref", "fold_bn", "fuse", "io",
     "lateral_fuse", "lateral_fuse_ref", "load_checkpoint", "pack_pathways", "pack_pathways_ref", "temporal_indices",
     "tuning",
+    "FusedSlowFastDetector", "fuse_detector", "roi_align_pool", "roi_align_pool_ref",
 ]

@@ -311,6 +311,12 @@ def fuse(
     a warning, where capture fails; True requires graphs (CUDA only); False never uses them. Works alike
     inside and outside torch.inference_mode() / torch.no_grad(). The reference model is not modified.
     """
+    from slowfast_reference.detection import SlowFastDetector  # detectors: fuse_detection.py
+
+    if isinstance(model, SlowFastDetector):
+        from .fuse_detection import fuse_detector
+
+        return fuse_detector(model, dtype, device, backend)
     if not isinstance(model, SlowFast):
         if not isinstance(model, nn.Module):
             raise TypeError(f"fuse: model must be a slowfast_reference.SlowFast or a PyTorchVideo SlowFast / Slow "
