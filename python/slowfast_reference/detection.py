@@ -55,13 +55,16 @@ HEAD_SPECS = {
 }
 
 
-def detection_config(arch: str) -> SlowFastConfig:
-    """The classification architecture `arch` with the detection res5 (spatial stride 1, dilation 2)."""
+def detection_config(arch: str, res5_dilation: int = 2) -> SlowFastConfig:
+    """The classification architecture `arch` with the detection res5: spatial stride 1 and conv b dilation
+    res5_dilation (2: PyTorchVideo, PySlowFast; 1: MMAction2's AVA configs, spatial_strides (1, 2, 2, 1) only)."""
     if arch not in CONFIGS:
         raise ValueError(f"arch must be one of {sorted(CONFIGS)}, got {arch!r}")
     if CONFIGS[arch].slow_only:
         raise ValueError(f"arch: the detectors are two-pathway SlowFast models, got the Slow-only {arch!r}")
-    return dataclasses.replace(CONFIGS[arch], res5_spatial_stride=1, res5_dilation=2)
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation: expected 1 or 2, got {res5_dilation!r}")
+    return dataclasses.replace(CONFIGS[arch], res5_spatial_stride=1, res5_dilation=res5_dilation)
 
 
 def temporal_pool(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -216,6 +219,9 @@ class SlowFastDetector(nn.Module):
         return self.detection_head(self.features(x), boxes)
 
 
-def build_detector(arch: str = "slowfast_r50_8x8", **kwargs) -> SlowFastDetector:
-    """SlowFastDetector(detection_config(arch), **kwargs); the default is PyTorchVideo's slowfast_r50_detection."""
-    return SlowFastDetector(detection_config(arch), **kwargs)
+def build_detector(arch: str = "slowfast_r50_8x8", res5_dilation: Optional[int] = None, **kwargs) -> SlowFastDetector:
+    """SlowFastDetector(detection_config(arch, res5_dilation), **kwargs); the default is PyTorchVideo's
+    slowfast_r50_detection. res5_dilation None: 1 for the mmaction2 head, 2 otherwise (each framework's own)."""
+    if res5_dilation is None:
+        res5_dilation = 1 if kwargs.get("head") == "mmaction2" else 2
+    return SlowFastDetector(detection_config(arch, res5_dilation), **kwargs)
