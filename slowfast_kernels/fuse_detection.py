@@ -74,12 +74,22 @@ class FusedSlowFastDetector(nn.Module):
 
 def fuse_detector(model: SlowFastDetector, dtype: torch.dtype = torch.float32,
                   device: Optional[torch.device] = None, backend: str = "auto") -> FusedSlowFastDetector:
-    """Turn an eval-mode reference SlowFastDetector into a fused inference model (see module docstring).
+    """Turn an eval-mode reference SlowFastDetector (or a PyTorchVideo detector object, read into the reference
+    of its architecture) into a fused inference model (see module docstring).
 
     fused(inputs, boxes) equals model(inputs, boxes) within 1e-4 in fp32. The reference is not modified."""
     if not isinstance(model, SlowFastDetector):
-        raise TypeError(f"fuse_detector: model must be a slowfast_reference SlowFastDetector, got "
-                        f"{type(model).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"fuse_detector: model must be a slowfast_reference SlowFastDetector or a PyTorchVideo "
+                            f"detector, got {type(model).__name__}")
+        from .checkpoints import CheckpointError
+        from .detection_checkpoints import load_detector
+
+        try:  # a PyTorchVideo detector object (create_slowfast_with_roi_head): its weights in the reference
+            model = load_detector(model)
+        except CheckpointError as exc:
+            raise TypeError(f"fuse_detector: model must be a slowfast_reference SlowFastDetector or a PyTorchVideo "
+                            f"detector; a {type(model).__name__} holds no detector weights ({exc})") from None
     if model.training:
         raise ValueError("fuse_detector: model is in train mode; call model.eval() first")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):

@@ -3,6 +3,7 @@ reference detectors, written in each framework's file container): keys loaded, a
 import pytest
 import torch
 
+import slowfast_kernels as sk
 from slowfast_kernels.checkpoints import CheckpointError
 from slowfast_kernels.detection_checkpoints import (detect_detector_arch, export_detector_state_dict, load_detector,
                                                     read_detector_state)
@@ -50,6 +51,8 @@ def test_pytorchvideo_model_object():
     loaded = load_detector(state).state_dict()
     for key, value in theirs.state_dict().items():
         assert torch.equal(loaded[key], value), key
+    fused = sk.fuse_detector(theirs.eval())  # the model object itself
+    assert torch.equal(fused.head_weight, theirs.detection_head.proj.weight)
 
 
 def test_bad_checkpoints():

@@ -46,6 +46,8 @@ def test_fused_detector_matches_reference(detector):
 def test_fuse_detector_bad_input(detector):
     with pytest.raises(TypeError, match="fuse_detector: model must be"):
         sk.fuse_detector(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="fuse_detector: model must be"):
+        sk.fuse_detector("model.pyth")
     with pytest.raises(ValueError, match="dtype must be"):
         sk.fuse_detector(detector, dtype=torch.float64)
     fused = sk.fuse_detector(detector)
