@@ -9,7 +9,7 @@ CUDA). The head is one roi_align_pool call (temporal pool + RoIAlign + max over 
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn

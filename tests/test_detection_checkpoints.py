@@ -13,7 +13,8 @@ from _detection_fixtures import pytorchvideo_detector
 
 CONTAINER = {
     "pytorchvideo": lambda sd: {"model_state": sd},
-    "pyslowfast": lambda sd: {"epoch": 20, "model_state": sd, "optimizer_state": {}, "cfg": "DETECTION:\n  ENABLE: True\n"},
+    "pyslowfast": lambda sd: {"epoch": 20, "model_state": sd, "optimizer_state": {},
+                              "cfg": "DETECTION:\n  ENABLE: True\n"},
     "mmaction2": lambda sd: {"meta": {"epoch": 20, "mmaction_version": "1.2.0"}, "state_dict": sd},
 }
 KEYS = {"pytorchvideo": ("model.blocks.0.multipathway_blocks.0.conv.weight", "detection_head.proj.weight"),

@@ -19,6 +19,7 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 
 from .errors import EXIT_OK, UsageError
@@ -78,7 +79,7 @@ def decode_frames(path: str, first: int, last: int) -> torch.Tensor:
             raise io.VideoDecodeError(f"{path}: frame {first} could not be decoded")
         _, frames = window
         frames += [frames[-1]] * (last - first + 1 - len(frames))
-        return torch.from_numpy(__import__("numpy").stack(frames))
+        return torch.from_numpy(np.stack(frames))
     finally:
         s.close()
 
@@ -144,8 +145,11 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     rows = 0
     with open(args.output, "w", newline="") as out:
         writer = csv.writer(out)
+        probed: Dict[str, io.VideoInfo] = {}
         for (vid, stamp), boxes in keyframes.items():
-            info = io.probe_video(videos[vid])
+            if vid not in probed:
+                probed[vid] = io.probe_video(videos[vid])
+            info = probed[vid]
             fps = info.fps or 30.0
             index = clip_indices(int(float(stamp) * fps), FAST_FRAMES, SAMPLING_RATE, info.num_frames)
             first = int(index.min())

@@ -49,7 +49,8 @@ def _pair(v) -> Tuple[int, int]:
     raise ValueError(f"roi_align_pool: output_size: expected an int or a pair of ints, got {v!r}")
 
 
-def _check_inputs(features, boxes, output_size, spatial_scale, sampling_ratio, aligned, temporal_pool) -> Tuple[int, int]:
+def _check_inputs(features, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                  temporal_pool) -> Tuple[int, int]:
     where = "roi_align_pool: "
     if not isinstance(features, (list, tuple)) or not features:
         raise ValueError(f"{where}features: expected a non-empty list of [N, C, T, H, W] tensors, got "
