@@ -1,6 +1,6 @@
 """The detect command on a generated video with a boxes file: AVA CSV rows equal to the reference detector run
 by hand on the same clip (decoded whole, indices, resize and normalization written out here), the fused model's
-scores equal to the reference's, and bad boxes files."""
+scores equal to the reference's, resuming, and bad boxes files."""
 import csv
 
 import pytest
@@ -68,6 +68,17 @@ def test_detect_writes_ava_csv(setup):
     assert [r[:7] for r in fused] == [r[:7] for r in rows]
     for a, b in zip(fused, rows):
         assert float(a[7]) == pytest.approx(float(b[7]), abs=1e-4)
+
+    # resume: a rerun skips the logged keyframe; after a stop mid-keyframe (rows written, one cut off, no log
+    # line) the rerun drops its rows and redoes it: no duplicates
+    assert (d / "ref.csv.done").read_text() == "clipA,0.5\n"
+    assert main(["detect", *common, "-o", str(out_ref), "--backend", "reference"]) == 0
+    assert _rows(out_ref) == rows
+    text = out_fused.read_text()
+    out_fused.write_text(text[: len(text) // 2])
+    (d / "fused.csv.done").write_text("")
+    assert main(["detect", *common, "-o", str(out_fused)]) == 0
+    assert _rows(out_fused) == fused
 
 
 def test_detect_bad_boxes(setup, tmp_path, capsys):

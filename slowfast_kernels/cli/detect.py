@@ -7,7 +7,8 @@ indices clamped into the video), frames resized to short side --size (256, no cr
 alike, normalized by PySlowFast's AVA mean / std (0.45, 0.225), one detector forward per keyframe. Output:
 one row per box per action, video_id, timestamp, x1, y1, x2, y2, action_id, score (AVA's submission form),
 the --top best actions per box with score >= --threshold. Videos are found by file stem = video_id.
-Timestamps are seconds from the start of the file.
+Timestamps are seconds from the start of the file. Resumable: OUT.csv.done logs the finished keyframes; a
+rerun skips them (and drops the rows of a keyframe a stopped run left unfinished). No torchrun sharding.
 """
 from __future__ import annotations
 
@@ -134,6 +135,11 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     if missing:
         raise UsageError(f"--boxes {args.boxes}: no video for video_id {missing[0]!r} among the VIDEO arguments "
                          f"({len(missing)} missing)")
+    done = _resume(args.output)
+    todo = [(key, boxes) for key, boxes in keyframes.items() if key not in done]
+    if not todo:
+        print(f"detect: all {len(keyframes)} keyframes already done in {args.output}", file=sys.stderr)
+        return EXIT_OK
     args.dtype_value = options.DTYPES[args.dtype]
     model, reference = _model(args, device)
     alpha = reference.config.alpha
@@ -143,10 +149,10 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     from slowfast_reference.pack import pack_pathways
 
     rows = 0
-    with open(args.output, "w", newline="") as out:
-        writer = csv.writer(out)
+    with open(args.output, "a", newline="") as out, open(args.output + DONE_SUFFIX, "a", newline="") as log:
+        writer, logger = csv.writer(out), csv.writer(log)
         probed: Dict[str, io.VideoInfo] = {}
-        for (vid, stamp), boxes in keyframes.items():
+        for (vid, stamp), boxes in todo:
             if vid not in probed:
                 probed[vid] = io.probe_video(videos[vid])
             info = probed[vid]
@@ -170,9 +176,38 @@ def run(args: argparse.Namespace, debug: bool) -> int:
                         break
                     writer.writerow([vid, stamp, *(f"{v:.3f}" for v in box), i + 1, f"{float(s[i]):.6f}"])
                     rows += 1
-    print(f"detect: {len(keyframes)} keyframes, {sum(map(len, keyframes.values()))} boxes, {rows} rows -> "
-          f"{args.output}", file=sys.stderr)
+            out.flush()  # the rows first, then the keyframe's line in the log: a log line means its rows are there
+            logger.writerow([vid, stamp])
+            log.flush()
+    print(f"detect: {len(todo)} keyframes ({len(keyframes) - len(todo)} already done), "
+          f"{sum(len(b) for _, b in todo)} boxes, {rows} rows -> {args.output}", file=sys.stderr)
     return EXIT_OK
+
+
+DONE_SUFFIX = ".done"  # OUT.csv.done: the keyframes whose rows are complete in OUT.csv, one per line
+
+
+def _resume(output: str) -> set:
+    """The keyframes already done in `output` (by its .done log), with the rows of a keyframe cut off by a
+    stopped run dropped from it; no log: a fresh output."""
+    log_path = output + DONE_SUFFIX
+    if not os.path.exists(log_path):
+        open(output, "w").close()
+        open(log_path, "w").close()
+        return set()
+    with open(log_path, newline="") as f:
+        done = {(r[0], r[1]) for r in csv.reader(f) if len(r) == 2}
+    if os.path.exists(output):
+        with open(output, newline="") as f:
+            text = f.read()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # a row cut off mid-write
+        kept = [ln for ln in lines if tuple(next(csv.reader([ln]))[:2]) in done]
+        if len(kept) != len(lines) or len(lines) != len(text.splitlines(keepends=True)):
+            with open(output, "w", newline="") as f:
+                f.writelines(kept)
+    return done
 
 
 def evaluate(args: argparse.Namespace, debug: bool) -> int:
@@ -203,7 +238,8 @@ def add_parsers(sub, epilog: str, default_device: str) -> None:
                                                               "or @LIST files")
     p.add_argument("--boxes", required=True, metavar="CSV", help="person boxes: video_id, timestamp, x1, y1, x2, "
                                                                   "y2 (normalized)[, score]")
-    p.add_argument("--output", "-o", required=True, metavar="CSV", help="AVA submission CSV to write")
+    p.add_argument("--output", "-o", required=True, metavar="CSV",
+                   help="AVA submission CSV; with its log CSV.done a stopped run resumes (done keyframes skipped)")
     p.add_argument("--arch", default="slowfast_r50_8x8",
                    choices=sorted(a for a, c in CONFIGS.items() if not c.slow_only),
                    help="architecture without --checkpoint (default: slowfast_r50_8x8)")
