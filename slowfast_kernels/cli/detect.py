@@ -247,7 +247,8 @@ def add_parsers(sub, epilog: str, default_device: str) -> None:
                    help="detector weights: PyTorchVideo / PySlowFast / MMAction2 AVA checkpoint (arch read from it)")
     p.add_argument("--trust-checkpoint", action="store_true", help="torch.load(weights_only=False)")
     p.add_argument("--device", default=default_device, help=f"cpu, cuda or cuda:N (default: {default_device})")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute precision of the fused model (default: float32)")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "cpu", "reference"],
                    help="reference: the eager reference model; else the fused model's kernel backend")
     p.add_argument("--size", type=int, default=256, help="short side in pixels (default: 256, no crop)")
