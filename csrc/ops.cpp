@@ -55,6 +55,12 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   m.def(
       "conv3d_winograd_out(Tensor x, Tensor packed, Tensor? bias, str activation, Tensor? residual, "
       "int tile_block, bool portable, Tensor(a!) out) -> ()");
+  // RoI head of the detectors (csrc/cpu/roi_align_pool.cpp): per pathway [N, C, T, H, W] the temporal pool
+  // (avg | max), RoIAlign (torchvision's sampling) of every box [K, 5] = (batch index, x1, y1, x2, y2) to
+  // pooled_h x pooled_w bins, the max over the bins; the pathways concatenated: [K, sum C] float32.
+  m.def(
+      "roi_align_pool(Tensor[] features, Tensor boxes, int pooled_h, int pooled_w, float spatial_scale, "
+      "int sampling_ratio, bool aligned, str temporal_pool) -> Tensor");
   // The CPU buffer cache (csrc/cpu/buffer_cache.cpp): c10's CPU allocator keeps freed activation blocks
   // for reuse while enabled. enable returns the previous state; clear frees the cached blocks (bytes).
   m.def("cpu_buffer_cache_enable(bool enabled) -> bool");

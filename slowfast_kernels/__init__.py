@@ -17,6 +17,9 @@ from . import tuning
 from .fuse import fuse
 from . import export  # noqa: E402  (onnxruntime and the ONNX exporter are imported only when exporting)
 from . import presets, sampling, scoring  # noqa: E402  (test protocols: presets, clip sampling, scoring)
+# Detection (AVA): the RoI head op and the fused detector
+from .ops.roi_align_pool import roi_align_pool, roi_align_pool_ref
+from .fuse_detection import FusedSlowFastDetector, fuse_detector
 
 __version__ = "0.1.0"
 
@@ -25,4 +28,5 @@ __all__ = [
     "conv3d_bn_act_maxpool_ref", "conv3d_bn_act_ref", "fold_bn", "fuse", "io",
     "lateral_fuse", "lateral_fuse_ref", "load_checkpoint", "pack_pathways", "pack_pathways_ref", "presets", "sampling",
     "scoring", "temporal_indices", "tuning",
+    "FusedSlowFastDetector", "fuse_detector", "roi_align_pool", "roi_align_pool_ref",
 ]

@@ -464,6 +464,12 @@ def fuse(
     4; each holds up to one packed copy of the conv weights, ~130 MB for R50 in fp32); more signatures
     still run, rebuilding runners for the ones pushed out.
     """
+    from slowfast_reference.detection import SlowFastDetector  # detectors: fuse_detection.py
+
+    if isinstance(model, SlowFastDetector):
+        from .fuse_detection import fuse_detector
+
+        return fuse_detector(model, dtype, device, backend)
     if not isinstance(model, SlowFast):
         if not isinstance(model, nn.Module):
             raise TypeError(f"fuse: model must be a slowfast_reference.SlowFast or a PyTorchVideo SlowFast / Slow "

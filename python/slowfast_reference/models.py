@@ -37,11 +37,16 @@ class SlowFastConfig:
     num_block_temp_kernel: Optional[Tuple[int, int, int, int]] = None
     slow_only: bool = False
     train_crop: int = 224               # DATA.TRAIN_CROP_SIZE: fixes the head's pooling window (crop / 32)
+    # Detection backbones (AVA): res5 keeps the res4 resolution, spatial stride 1 and conv b dilation 2
+    # (PySlowFast RESNET.SPATIAL_STRIDES / SPATIAL_DILATIONS, PyTorchVideo stage_conv_b_dilations).
+    res5_spatial_stride: int = 2
+    res5_dilation: int = 1
 
     def __post_init__(self) -> None:
         # Python ints whatever came in (numpy integers from a YAML/NumPy config, as PyTorch accepts them).
         where = "SlowFastConfig: "
-        for name in ("alpha", "beta_inv", "num_frames", "fusion_kernel", "fusion_channel_ratio", "train_crop"):
+        for name in ("alpha", "beta_inv", "num_frames", "fusion_kernel", "fusion_channel_ratio", "train_crop",
+                     "res5_spatial_stride", "res5_dilation"):
             object.__setattr__(self, name, as_int(getattr(self, name), name, 1, where))
         depth = as_int(self.depth, "depth", 1, where)
         if depth not in STAGE_DEPTHS:
@@ -105,14 +110,17 @@ class ResNetBasicStem(nn.Module):
 
 
 class BottleneckBlock(nn.Module):
-    """a: Tx1x1 BN ReLU; b: 1x3x3 (spatial stride) BN ReLU; c: 1x1x1 BN."""
+    """a: Tx1x1 BN ReLU; b: 1x3x3 (spatial stride, dilation) BN ReLU; c: 1x1x1 BN."""
 
-    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, temporal_kernel: int, stride: int) -> None:
+    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, temporal_kernel: int, stride: int,
+                 dilation: int = 1) -> None:
         super().__init__()
         self.conv_a = nn.Conv3d(dim_in, dim_inner, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False)
         self.norm_a = _bn(dim_inner)
         self.act_a = nn.ReLU()
-        self.conv_b = nn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+        # padding = dilation keeps the size at stride 1 (the detection res5: dilation 2, padding 2)
+        self.conv_b = nn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, stride, stride),
+                                padding=(0, dilation, dilation), dilation=(1, dilation, dilation), bias=False)
         self.norm_b = _bn(dim_inner)
         self.act_b = nn.ReLU()
         self.conv_c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
@@ -127,14 +135,15 @@ class BottleneckBlock(nn.Module):
 class ResBlock(nn.Module):
     """Bottleneck plus shortcut (a strided 1x1x1 conv + BN in block 0 of a stage), add, ReLU."""
 
-    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, temporal_kernel: int, stride: int) -> None:
+    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, temporal_kernel: int, stride: int,
+                 dilation: int = 1) -> None:
         super().__init__()
         self.branch1_conv: Optional[nn.Conv3d] = None
         self.branch1_norm: Optional[nn.BatchNorm3d] = None
         if dim_in != dim_out or stride != 1:
             self.branch1_conv = nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
             self.branch1_norm = _bn(dim_out)
-        self.branch2 = BottleneckBlock(dim_in, dim_inner, dim_out, temporal_kernel, stride)
+        self.branch2 = BottleneckBlock(dim_in, dim_inner, dim_out, temporal_kernel, stride, dilation)
         self.activation = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,11 +153,13 @@ class ResBlock(nn.Module):
 
 class ResStage(nn.Module):
     def __init__(
-        self, depth: int, dim_in: int, dim_inner: int, dim_out: int, temporal_kernels: Sequence[int], stride: int
+        self, depth: int, dim_in: int, dim_inner: int, dim_out: int, temporal_kernels: Sequence[int], stride: int,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.res_blocks = nn.ModuleList(
-            ResBlock(dim_in if i == 0 else dim_out, dim_inner, dim_out, temporal_kernels[i], stride if i == 0 else 1)
+            ResBlock(dim_in if i == 0 else dim_out, dim_inner, dim_out, temporal_kernels[i], stride if i == 0 else 1,
+                     dilation)
             for i in range(depth)
         )
 
@@ -330,9 +341,12 @@ class SlowFast(nn.Module):
         for stage in range(4):
             inner_slow = out_slow // 4
             stride = 1 if stage == 0 else 2
+            dilation = 1
+            if stage == 3:  # res5: a detection backbone's stride and dilation
+                stride, dilation = cfg.res5_spatial_stride, cfg.res5_dilation
             slow_stage = ResStage(
                 cfg.stage_depths[stage], dims_in[0], inner_slow, out_slow,
-                temporal_kernels(stage, SLOW_TEMPORAL_KERNELS), stride,
+                temporal_kernels(stage, SLOW_TEMPORAL_KERNELS), stride, dilation,
             )
             if cfg.slow_only:
                 blocks.append(slow_stage)
@@ -341,7 +355,7 @@ class SlowFast(nn.Module):
                 fast_out = out_slow // cfg.beta_inv
                 fast_stage = ResStage(
                     cfg.stage_depths[stage], dims_in[1], inner_slow // cfg.beta_inv, fast_out,
-                    temporal_kernels(stage, FAST_TEMPORAL_KERNELS), stride,
+                    temporal_kernels(stage, FAST_TEMPORAL_KERNELS), stride, dilation,
                 )
                 fuse = make_fusion(fast_out, out_slow) if stage < 3 else None
                 blocks.append(MultiPathWayWithFuse(nn.ModuleList([slow_stage, fast_stage]), fuse))

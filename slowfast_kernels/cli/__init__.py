@@ -1,4 +1,4 @@
-"""The command line: python -m slowfast_kernels {demo, classify, bench, backends} (see --help).
+"""The command line: python -m slowfast_kernels {demo, classify, bench, backends, detect, evaluate-ava} (see --help).
 
 Errors are one line on stderr naming the option or file (``--crop 300: larger than ...``); exit status 2
 for bad options (found before any model is built), 3 when a classify run could not decode some videos,
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(sub, EPILOG)
     from ..gpu_report.command import add_parser as add_gpu_report
     add_gpu_report(sub, EPILOG)
+    from .detect import add_parsers as add_detection_parsers  # AVA detection: detect, evaluate-ava
+    add_detection_parsers(sub, EPILOG, default_device)
     return parser
 
 

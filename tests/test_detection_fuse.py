@@ -1,0 +1,56 @@
+"""fuse() of a reference SlowFastDetector (the dilated res5 through the fused conv paths, the head through
+roi_align_pool) against the reference, on the CPU backend (the Triton backbone in the interpreter would take
+minutes; the Triton head is checked in test_roi_align_pool.py)."""
+import dataclasses
+
+import pytest
+import torch
+
+import slowfast_kernels as sk
+from slowfast_reference.detection import HEAD_SPECS, PathwayRoIHead, build_detector
+from _checkpoint_fixtures import randomize
+from _detection_fixtures import clip_and_boxes
+
+
+@pytest.fixture(scope="module")
+def detector():
+    model = randomize(build_detector("slowfast_r50_8x8").eval())
+    with torch.no_grad():
+        model.detection_head.proj.weight.mul_(5e-4)
+        model.detection_head.proj.bias.sub_(1.0)
+    return model
+
+
+def test_fused_detector_matches_reference(detector):
+    model = detector
+    fused = sk.fuse(model)
+    assert isinstance(fused, sk.FusedSlowFastDetector)
+    x, boxes = clip_and_boxes(h=32, w=48)
+    with torch.no_grad():
+        feats = model.backbone(x)
+        expected = model.detection_head(model.model.blocks[5](list(feats)), boxes).flatten(1)
+    actual = fused(x, boxes)
+    assert ((expected > 0.02) & (expected < 0.98)).float().mean() > 0.8
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+    # MMAction2's head (8x8 bins, aligned, temporal max) on the same features: the fused head's op arguments
+    spec = dataclasses.replace(HEAD_SPECS["mmaction2"], temporal_pool="max")
+    mm = PathwayRoIHead(2304, 80, spec, 0.5, "sigmoid").eval()
+    mm.proj.load_state_dict(model.detection_head.proj.state_dict())
+    fused.spec = spec
+    with torch.no_grad():
+        torch.testing.assert_close(fused.head(feats, boxes), mm(feats, boxes), atol=1e-5, rtol=1e-5)
+        assert fused.head(feats, boxes[:0]).shape == (0, 80)
+
+
+def test_fuse_detector_bad_input(detector):
+    with pytest.raises(TypeError, match="fuse_detector: model must be"):
+        sk.fuse_detector(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="fuse_detector: model must be"):
+        sk.fuse_detector("model.pyth")
+    with pytest.raises(ValueError, match="dtype must be"):
+        sk.fuse_detector(detector, dtype=torch.float64)
+    fused = sk.fuse_detector(detector)
+    x, _ = clip_and_boxes(n=1, h=32, w=32)
+    with pytest.raises(ValueError, match="boxes: expected a \\[K, 5\\]"):
+        fused(x, torch.zeros(2, 4))
