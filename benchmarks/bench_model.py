@@ -27,6 +27,8 @@ from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 
+from slowfast_kernels.gpu_report.model import _graphed  # noqa: E402  (the CUDA-graph wrapper, shared)
+
 import slowfast_kernels as sk
 import slowfast_reference as R
 
@@ -69,21 +71,6 @@ def _tf32(enabled: bool):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
-
-
-def _graphed(fn, inputs):
-    """fn(inputs) captured in a CUDA graph (static inputs), replayed per call."""
-    static = [t.clone() for t in inputs]
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn(static)
-    return lambda: (graph.replay(), out)[1]
 
 
 def _peak_memory(fn):

@@ -21,7 +21,6 @@ What changes against the reference (and why it is faster):
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union

@@ -57,7 +57,8 @@ def test_memory_stays_flat_over_a_stream_of_shapes(r50):
     with torch.no_grad():
         for i, (n, size) in enumerate(shapes):
             y = fused(_inputs(r50, n, size))
-            first = y if i == 0 else first
+            if i == 0:
+                first = y
             if i == 3:
                 rss_full = _rss_bytes()
         rss_end = _rss_bytes()

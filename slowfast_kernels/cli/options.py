@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -92,23 +92,6 @@ def check_checkpoint_path(path: Optional[str]) -> None:
         raise UsageError(f"--checkpoint {path}: is a directory, expected a checkpoint file")
     if not os.path.exists(path):
         raise UsageError(f"--checkpoint {path}: no such file")
-
-
-def read_labels(path: Optional[str], num_classes: int) -> List[str]:
-    from slowfast_kernels import io
-
-    if path is None:
-        if num_classes == 400:
-            return io.kinetics_400_labels()
-        return [f"class_{i}" for i in range(num_classes)]
-    try:
-        with open(path, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
-    except OSError as exc:
-        raise UsageError(f"--labels {path}: {exc.strerror or exc}") from None
-    if len(names) != num_classes:
-        raise UsageError(f"--labels {path}: {len(names)} names, the model has {num_classes} classes")
-    return names
 
 
 class ModelSource:

@@ -10,7 +10,6 @@ import argparse
 import json
 import re
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional

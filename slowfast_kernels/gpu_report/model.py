@@ -27,7 +27,7 @@ GFLOP_PER_VIEW = 101.0  # a 224x224 view: twice fvcore's multiply-add count (ben
 
 
 def _graphed(fn, inputs):
-    """fn(inputs) captured in a CUDA graph (static inputs), replayed per call (bench_model.py's)."""
+    """fn(inputs) captured in a CUDA graph (static inputs), replayed per call (bench_model.py uses it too)."""
     static = [t.clone() for t in inputs]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

@@ -203,7 +203,7 @@ class Runner:
                 case = _open_case(jpath, stage.name, attempt)
                 if case:
                     journal.append(jpath, dict(stage=stage.name, event="case_error", attempt=attempt, case=case,
-                                               error=f"not finished: the stage's time limit ran out"))
+                                               error="not finished: the stage's time limit ran out"))
                 return "timeout", f"stopped at its time limit{' in case ' + repr(case) if case else ''}", attempt + 1
             if rc == 0:
                 return "ok", None, attempt + 1
