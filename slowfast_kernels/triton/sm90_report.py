@@ -263,8 +263,10 @@ def _bound(launch: comp.Launch, b: comp.Bound, n_prog: int) -> Tuple[dict, dict,
 
 
 def cost_record(launch: comp.Launch, b: comp.Bound, kwargs: dict,
-                interior: Optional[Callable[[dict], float]] = None) -> dict:
-    """The report's record of one bound launch: resources, SASS counts, throughput bound."""
+                interior: Optional[Callable[[dict], float]] = None, mix_paths: bool = True) -> dict:
+    """The report's record of one bound launch: resources, SASS counts, throughput bound. mix_paths False:
+    a PATH 0 kernel's est_ms from its own cubin, both K loops counted for every program (an upper bound,
+    two compiles fewer)."""
     name = b.fn.__name__
     if name not in KERNEL_LOOPS:
         raise KeyError(f"sm90_report: no loop description for kernel {name}: add it to KERNEL_LOOPS")
@@ -272,7 +274,9 @@ def cost_record(launch: comp.Launch, b: comp.Bound, kwargs: dict,
     n_prog = comp.programs(launch, b)
     a, bound, trips, note = _bound(launch, b, n_prog)
     extra = {}
-    if name in TWO_PATH_KERNELS and b.args.get("PATH") == 0:
+    if name in TWO_PATH_KERNELS and b.args.get("PATH") == 0 and not mix_paths:
+        note = (note + "; " if note else "") + "est_ms: both K loops counted for every program (--single-path)"
+    elif name in TWO_PATH_KERNELS and b.args.get("PATH") == 0:
         if interior is None:
             raise ValueError(f"sm90_report: {name} with PATH=0 needs the case's interior tile share")
         share = interior(b.args)
@@ -304,7 +308,8 @@ def cost_record(launch: comp.Launch, b: comp.Bound, kwargs: dict,
         compile_s=round(c.compile_s, 2), note=note, **extra)
 
 
-def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False, log=print) -> List[dict]:
+def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False, log=print,
+              mix_paths=True) -> List[dict]:
     records = []
     for model in models:
         for batch in batches:
@@ -334,7 +339,7 @@ def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False,
                             rec = dict(kernel=b.fn.__name__, family=family, model=model, batch=batch, case=case,
                                        dtype=dname, config=config_name(b), triton=comp.triton.__version__,
                                        picked=picked)
-                            rec.update(cost_record(launch, b, kwargs, interior))
+                            rec.update(cost_record(launch, b, kwargs, interior, mix_paths))
                             case_records.append(rec)
                             log(f"{model} b{batch} {dname} {case:40s} {rec['config']:44s} regs {rec['regs']:3d} "
                                 f"stack {rec['stack_bytes']:5d} est {rec['est_ms']:8.3f} ms ({rec['bound']}) "
@@ -419,6 +424,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--picked-only", action="store_true", help="only the kernels the plan's launchers pick")
     p.add_argument("--conv-layers", default="subset",
                    help="subset (CONV_LAYERS, at CONV_AT), all (every layer, model and batch) or layer names")
+    p.add_argument("--single-path", action="store_true",
+                   help="tap-row kernels: no PATH 1/2 compiles (est_ms an upper bound; for quick checks)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these reports' records into --out, compile nothing")
     args = p.parse_args(argv)
     if args.merge:
@@ -445,10 +452,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(f"{what}: expected some of {', '.join(known)}, got {', '.join(sorted(set(given) - set(known)))}")
     full = (set(args.models.split(",")) == set(MODELS) and args.batches == ",".join(map(str, BATCHES))
             and set(args.dtypes.split(",")) == set(DEFAULT_DTYPES) and families == set(FAMILIES)
-            and not args.picked_only and args.conv_layers == "subset")
+            and not args.picked_only and args.conv_layers == "subset" and not args.single_path)
     t0 = time.perf_counter()
     records = run_cases(args.models.split(","), [int(b) for b in args.batches.split(",")],
-                        args.dtypes.split(","), families, layers, args.picked_only)
+                        args.dtypes.split(","), families, layers, args.picked_only, mix_paths=not args.single_path)
     info = {"triton": comp.triton.__version__, "torch": torch.__version__, "commit": _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.machine(), "seconds": round(time.perf_counter() - t0, 1),
