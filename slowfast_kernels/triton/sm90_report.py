@@ -414,6 +414,24 @@ def merge(path: str, records: List[dict], run_info: dict, replace_version: bool,
     return {"header": header, "records": all_records}
 
 
+_LATERAL_KERNELS = {"lateral": "_lateral_fuse_kernel", "lateral_conv": "_lateral_fuse_conv_kernel"}
+
+
+def _scope_test(scope: Optional[dict]) -> Callable[[dict], bool]:
+    """Whether a record lies in what a partial run covered (its kernel families, models, batches, dtypes;
+    complete: every kernel of them, not --picked-only): older records there are dropped on merging."""
+    if not scope or not scope.get("complete"):
+        return lambda r: False
+
+    def in_scope(r):
+        family = r.get("family")
+        if family == "lateral":
+            family = next((f for f, k in _LATERAL_KERNELS.items() if k == r["kernel"]), family)
+        return (family in scope["families"] and r.get("model") in scope["models"]
+                and r.get("batch") in scope["batches"] and r.get("dtype") in scope["dtypes"])
+    return in_scope
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m slowfast_kernels.triton.sm90_report", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="JSON file to write (merged with an existing one)")
@@ -434,7 +452,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 doc = json.load(f)
             for version, info in doc["header"]["runs"].items():
                 mine = [r for r in doc["records"] if r["triton"] == version]
-                merged = merge(args.out, mine, info, replace_version=not info.get("partial", False))
+                merged = merge(args.out, mine, info, replace_version=not info.get("partial", False),
+                               in_scope=_scope_test(info.get("scope")))
                 with open(args.out, "w") as f:
                     json.dump(merged, f, indent=1)
                     f.write("\n")
@@ -460,18 +479,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.machine(), "seconds": round(time.perf_counter() - t0, 1),
             "conv_layers": args.conv_layers, "partial": not full}
-    models, batches, dtypes = set(args.models.split(",")), {int(b) for b in args.batches.split(",")}, \
-        set(args.dtypes.split(","))
-    lateral = {"lateral": "_lateral_fuse_kernel", "lateral_conv": "_lateral_fuse_conv_kernel"}
-
-    def in_scope(r):
-        family = r.get("family")
-        if family == "lateral":
-            family = next((f for f, k in lateral.items() if k == r["kernel"]), family)
-        return (family in families and r.get("model") in models and r.get("batch") in batches
-                and r.get("dtype") in dtypes and not args.picked_only and args.conv_layers == "subset")
-
-    doc = merge(args.out, records, info, replace_version=full, in_scope=in_scope)
+    info["scope"] = dict(families=sorted(families), models=args.models.split(","),
+                         batches=[int(b) for b in args.batches.split(",")], dtypes=args.dtypes.split(","),
+                         complete=not args.picked_only and args.conv_layers == "subset" and not args.single_path)
+    doc = merge(args.out, records, info, replace_version=full, in_scope=_scope_test(info["scope"]))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
