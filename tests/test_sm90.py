@@ -133,7 +133,7 @@ def test_trip_mapping():
 
 
 def test_merge_keeps_other_versions(tmp_path):
-    from slowfast_kernels.triton.sm90_report import merge
+    from slowfast_kernels.triton.sm90_report import _scope_test, merge
 
     def rec(version, case, regs):
         return dict(kernel="k", model="m", batch=1, case=case, dtype="bf16", config="c", triton=version, regs=regs)
@@ -149,6 +149,14 @@ def test_merge_keeps_other_versions(tmp_path):
     assert [r["case"] for r in merge(path, [rec("3.6.0", "a", 5)], {"triton": "3.6.0"}, True)["records"]] == ["a"]
     partial = merge(path, [rec("3.6.0", "a", 5)], {"triton": "3.6.0"}, False)["records"]
     assert sorted((r["case"], r["regs"]) for r in partial) == [("a", 5), ("b", 2)]
+    # A partial run with a complete scope drops its scope's older records (here: every "m" record).
+    scope = dict(families=["f"], models=["m"], batches=[1], dtypes=["bf16"], complete=True)
+    old = merge(path, [dict(rec("3.6.0", "b", 2), family="f")], {"triton": "3.6.0"}, True)
+    with open(path, "w") as f:
+        json.dump(old, f)
+    new = dict(rec("3.6.0", "c", 7), family="f")
+    kept = merge(path, [new], {"triton": "3.6.0"}, False, _scope_test(scope))["records"]
+    assert [(r["case"], r["regs"]) for r in kept] == [("c", 7)]
 
 
 def test_conv_autotune_tables_by_dtype():
@@ -221,16 +229,17 @@ def _spills(records):
             for r in records if r["stack_bytes"] or r["local_bytes"] or r["sass"]["LDL"] or r["sass"]["STL"]]
 
 
-def _known_stem_spill(r):
-    """The stems in fp32 on triton >= 3.7 (3.9: 24 B of stack in the Fast stem conv, 8 B in the Slow stem's
-    fused pool; none on 3.6): the stem kernels' redesign to the report's budget is to remove them."""
-    return r["family"] == "stem" and r["dtype"] == "fp32" and tuple(map(int, r["triton"].split(".")[:2])) >= (3, 7)
+def _unlaunchable(records):
+    """Kernels whose shared memory exceeds what a block can have on an H200 (0 resident warps)."""
+    return [(r["triton"], r["case"], r["dtype"], r["config"], r["smem_bytes"]) for r in records
+            if r["warps_per_sm"] == 0]
 
 
 def test_no_spills_in_what_the_plan_picks(compiled):
     picked = [r for r in compiled if r["picked"]]
     assert {r["case"] for r in picked} >= {"fast_stem+pool", "slow_stem+pool", "pack_pathways_crop"}
     assert not _spills(picked)
+    assert not _unlaunchable(picked)
 
 
 def test_low_precision_dots_use_tensor_cores(compiled):
@@ -253,6 +262,10 @@ def test_committed_report_has_no_spills_in_picked_kernels():
     for version in doc["header"]["triton_versions"]:
         assert {r["kernel"] for r in picked if r["triton"] == version} == PLAN_KERNELS, version
     assert not _spills(picked)
+    assert not _unlaunchable(picked)
+    # The stem kernels the plan does not pick at 224 (the conv alone) launch and do not spill either.
+    stems = [r for r in doc["records"] if r["family"] == "stem"]
+    assert not _spills(stems) and not _unlaunchable(stems)
 
 
 def test_committed_report_meets_the_stem_budgets():
