@@ -246,7 +246,9 @@ def test_low_precision_dots_use_tensor_cores(compiled):
     dots = [r for r in compiled if r["kernel"] in DOT_KERNELS and r["dtype"] in ("bf16", "fp16")]
     assert len(dots) >= 8
     assert not [(r["case"], r["dtype"]) for r in dots if r["sass"]["HGMMA"] + r["sass"]["HMMA"] == 0]
-    assert not [(r["case"], r["dtype"]) for r in dots if r["loop_sass"]["HGMMA"] + r["loop_sass"]["HMMA"] == 0]
+    # In the K loop where one is left in the SASS (the Slow stem's 7 tap rows are unrolled: no loop).
+    assert not [(r["case"], r["dtype"]) for r in dots
+                if r["loop_trips"] and r["loop_sass"]["HGMMA"] + r["loop_sass"]["HMMA"] == 0]
 
 
 def _committed():
