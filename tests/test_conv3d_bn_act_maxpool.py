@@ -178,7 +178,7 @@ def test_tap_rows_layout_rules():
     assert not tap_rows.tap_rows_fit((32, 5, 32, 224, 224), (8, 5, 5, 7, 7), (1, 2, 2), (2, 3, 3))
     assert tap_rows.tap_rows_geometry(8, 7, 2, 3)["GROUP"] == 4
     # At 224 (conv 112 x 112, pooled 56 x 56): 25 of 49 conv tiles, 4 of 16 pool blocks are interior.
-    fast_pool = tap_rows.TAP_ROWS_POOL_CONFIGS[4]
+    fast_pool = dict(ROWS=32, COLS=32)  # a pool block size with interior blocks
     assert tap_rows.interior_tile_share(224, 224, (112, 112), fast, (1, 2, 2), (2, 3, 3),
                                         tap_rows.TAP_ROWS_CONV_CONFIGS[4]) == pytest.approx(25 / 49)
     assert tap_rows.interior_tile_share(224, 224, (112, 112), fast, (1, 2, 2), (2, 3, 3), fast_pool,

@@ -64,7 +64,7 @@ def fuse_pool_rule(weight_shape: Sequence[int], dtype: torch.dtype, pool: Tuple[
 
     Fast stem, bf16 (4 outputs a GEMM row, 36 x 64 x 32 / 4 MACs): saved 8 * 6 = 48 B = 11.4 ps; extra
     0.14 * 36.9 kFLOP = 6.5 ps -> fused. Slow stem: saved 64 * 6 = 384 B = 91 ps; extra 0.31 * 28.7 kFLOP =
-    11 ps -> fused. The sm_90 bounds agree (batch 32: Fast fused 0.78 ms against conv ~0.9-1.0 + pool ~0.16).
+    11 ps -> fused. The sm_90 bounds agree (batch 32: Fast fused 0.81 ms against conv 1.0 + pool ~0.16).
     Unmeasured on a GPU: bench_conv3d.py's fast_stem / slow_stem cases time both (`triton_pool_fused`,
     `triton_pool_separate`).
     """

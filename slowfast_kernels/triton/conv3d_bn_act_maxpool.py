@@ -29,26 +29,25 @@ sm_90 static bounds at batch 32, 224, bf16 (triton.compile for GPUTarget("cuda",
 specializations, cuobjdump -res-usage / -sass; H200: 132 SMs at 1.755 GHz, 4 warp-instructions issued and
 1 load/store-unit warp-instruction a clock and SM, 790 TFLOP/s bf16 MMA, 4.2 TB/s; est_ms = max of the
 issue, LSU, tensor-core and HBM bounds from the loop's counts x trips, the tap-row kernels' interior and
-edge loops weighted by their tile shares). "loop" = instructions of one K-loop iteration, interior | edge
-loop, (load-store, HGMMA) of each; Fast fused: an iteration is 2 tap rows of a 32 x 32 conv block (256
-GEMM rows of 4 outputs, K 2 x 64, N 32), 18 iterations; the Slow stem's 7 tap rows are unrolled ("all"
-= the whole kernel, masked loop only). No kernel below has stack (spills):
+edge loops weighted by their tile shares), from benchmarks/results/sm90-kernels.json (triton 3.9 / 3.6).
+The tap-row configs (conv3d_bn_act_maxpool_tap_rows.py) run the masked K loop alone: the two-loop PATH 0
+asked 289 KB of shared memory for the Fast stem (over a block's 227 KB) and saves nothing where the loads
+bound the kernel. No kernel below has stack (spills):
 
-    kernel                        triton  regs  loop                          est_ms (bound)
-    Fast stem, pool fused         3.6     147   288 | 537 (36, 32) x 18       0.783 (tensor; issue 0.67)
-                                  3.9     158   323 | 542 (36, 32) x 18       0.783 (tensor; issue 0.72)
-    3 -> 4 channel copy (Fast)    both     52   no loop, 256 a warp           0.171 (HBM)
-    Slow stem, pool fused         3.6     113   all 1200 (107 ld/st, 28)      0.170 (issue)
-                                  3.9     112   all 1232 (107, 28)            0.174 (issue)
-    3 -> 4 channel copy (Slow)    both     52                                 0.043 (HBM)
-    Fast stem conv alone          3.6      58   301 | 405 (24, 16) x 9        ~0.9 (issue)
-                                  3.9      64   368 | 443 (24, 16) x 9        ~1.0 (issue)
+    kernel                        est_ms 3.9 / 3.6 (bound)       regs 3.9 / 3.6   shared memory
+    Fast stem, pool fused         0.811 / 0.792 (LSU)            244 / 241        205 KB (32 x 64, 3 stages)
+    3 -> 4 channel copy (Fast)    0.171 (HBM)                     52
+    Slow stem, pool fused         0.263 / 0.248 (LSU)            112 / 113         61 KB
+    3 -> 4 channel copy (Slow)    0.043 (HBM)                     52
+    Fast stem conv alone          1.007 / 0.978 (LSU)             52 / 61         145 KB
 
-So the stems as the plan runs them (pool fused, copy included): Fast 0.954 ms, Slow 0.21-0.22 ms on both
-versions. The element-gather kernels before them, same method: Fast conv 3.3 ms (3.6; LSU, 165-instruction
+So the stems as the plan runs them (pool fused, copy included): Fast 0.982 / 0.963 ms, Slow 0.305 / 0.291
+ms. The Fast kernels are bound by the load/store unit: each GEMM row gathers 16 columns for 4 outputs that
+advance 8 (2x overlap), and every power-of-two pool block computes 128 x 128 conv positions of the 112 x
+112 frame. The element-gather kernels before them, same method: Fast conv 3.3 ms (3.6; LSU, 165-instruction
 loop) / 6.7 ms (3.9; 372), Fast fused pool 4.2 / 9.8 ms (3.9: 56 B of stack, 988-instruction loop), Slow
 fused pool 0.28 / 0.65 ms; cuDNN measured 28.7 / 1.96 ms. The Fast conv alone + torch's pool (~0.16 ms
-of HBM) + copy is ~1.2 ms: the pool stays fused (fuse_pool_rule). Unmeasured on a GPU.
+of HBM) + copy is ~1.3 ms: the pool stays fused (fuse_pool_rule). Unmeasured on a GPU.
 
 Accumulation in fp32; every pointer offset in int64 (the Slow stem's conv output at batch 32 is 206 M
 elements; a large batch, or an input with a big batch stride, passes 2**31).

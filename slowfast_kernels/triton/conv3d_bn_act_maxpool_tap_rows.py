@@ -24,9 +24,11 @@ A program computes a ROWS x COLS block of output positions of one frame (conv: t
 pooled: the block overlaps its neighbours by the pool's halo, as in conv3d_bn_act_maxpool.py). The K loop
 is one flat loop over the KD * KH tap rows, ROW_STEP of them an iteration with counters for (kd, kh), so
 Triton's software pipeliner (num_stages) keeps the cp.async gathers of later rows in flight under the
-wgmma of the current one. A tile whose reads all lie inside the frame (25 of 49 conv tiles and 4 of 16
-pool blocks of the Fast stem at 224) runs a copy of the loop without the H/W masks: 318 instead of 417
-instructions an iteration (triton 3.9).
+wgmma of the current one. PATH 0 adds a copy of the loop without the H/W masks for tiles whose reads all
+lie inside the frame (25 of 49 conv tiles and 4 of 32 x 32 pool blocks of the Fast stem at 224: 318
+instead of 417 instructions an iteration, triton 3.9); the configs take the masked loop alone (PATH 2):
+the kernels are load-bound on sm_90, where both loops cost the same LSU cycles, and PATH 0 doubles the
+stage buffers (see TAP_ROWS_CONV_CONFIGS).
 
 Instruction counts per K step and est_ms at batch 32, 224, bf16 (sm_90 SASS, both Triton versions): the
 table in conv3d_bn_act_maxpool.py's docstring.
@@ -337,26 +339,44 @@ def interior_tile_share(h: int, w: int, conv_hw: Sequence[int], weight_shape: Se
 
 # -- configs and launchers -----------------------------------------------------------------------------
 
-# Conv-only kernel, keyed by GROUP: the ROWS x COLS output tile (ROWS * COLS / GROUP GEMM rows) and
-# ROW_STEP tap rows an iteration. 112 x 112 outputs split into 7 x 7 tiles of 16 x 16 (no partial tiles),
-# 25 of them interior. GROUP 4: M 64, ROW_STEP 4 amortizes the loop's fixed cost (stage bookkeeping,
-# barriers, wgmma fences) over 4 tap rows; 3 stages of (64 x 64 + 64 x 32) x 4 x 2 B = 48 KB. (The plan
-# pools the stems fused: this kernel runs for conv3d_bn_act's out= slices and fuse_pool=False.)
-# GROUP 1 (N 64): M 256, ROW_STEP 1, the 7 tap rows of the Slow stem unrolled. PATH (see _tap_rows_tile):
-# 0 = an unmasked loop for interior tiles, 2 = the masked loop everywhere. The Slow stem takes 2: with both,
-# Triton 3.9 unrolls one and keeps the other rolled (1512 instructions against 1232 masked only).
+# Conv-only kernel, keyed by GROUP (and (GROUP, torch.float32) where fp32 differs: its ieee dots run as FFMA
+# with the operands in registers): the ROWS x COLS output tile (ROWS * COLS / GROUP GEMM rows) and ROW_STEP
+# tap rows an iteration. 112 x 112 outputs split into 7 x 7 tiles of 16 x 16 (no partial tiles), 25 of
+# them interior. GROUP 4: M 64, ROW_STEP 4 amortizes the loop's fixed cost (stage bookkeeping, barriers,
+# wgmma fences) over 4 tap rows; 3 stages of (64 x 64 + 64 x 32) x 4 x 2 B = 48 KB. (The plan pools the
+# stems fused: this kernel runs for conv3d_bn_act's out= slices and fuse_pool=False.) GROUP 1 (N 64): M
+# 256, ROW_STEP 1, the 7 tap rows of the Slow stem unrolled. PATH (see _tap_rows_tile): 0 = an unmasked
+# loop for interior tiles, 2 = the masked loop everywhere. PATH 0 allocates each loop's stage buffers
+# apart (sm_90: 289 KB for the GROUP 4 configs, over the 227 KB a block can have) and saves no time where
+# the loads bound the kernel (sm_90 bounds: the same LSU cycles on both loops), so every config takes 2.
+# fp32 (sm_90, triton 3.6 and 3.9): ROW_STEP 4 spills 304-552 B (four unrolled FFMA dots), the Slow stem's
+# M 256 on 4 warps 608-648 B.
 TAP_ROWS_CONV_CONFIGS = {
-    4: dict(ROWS=16, COLS=16, ROW_STEP=4, PATH=0, num_warps=4, num_stages=3),
+    4: dict(ROWS=16, COLS=16, ROW_STEP=4, PATH=2, num_warps=4, num_stages=3),
+    (4, torch.float32): dict(ROWS=16, COLS=16, ROW_STEP=1, PATH=2, num_warps=4, num_stages=3),
     1: dict(ROWS=16, COLS=16, ROW_STEP=1, PATH=2, num_warps=4, num_stages=3),
+    (1, torch.float32): dict(ROWS=16, COLS=16, ROW_STEP=1, PATH=2, num_warps=8, num_stages=3),
 }
-# Fused pool kernel, keyed by GROUP: the conv block (pool_recompute: 32 x 32 recomputes 1.14x, 16 x 32
-# 1.22x, 16 x 16 1.31x). GROUP 4 (the Fast stem): 32 x 32 = 256 GEMM rows, ROW_STEP 2, 2 stages of
-# 48 KB; by the sm_90 bounds (triton 3.9) 0.783 ms against 0.866 for 16 x 32 with 3 stages and 0.93 for
-# ROW_STEP 1. GROUP 1 (the Slow stem): 16 x 16 x 64 channels, 8 warps, masked loop only (as above).
+# Fused pool kernel, keyed as above: the conv block. Every power-of-two block computes 128 x 128 conv
+# positions a 112 x 112 frame (56 pooled = 8 x 7, 4 x 15 or 2 x 31 a block), so larger blocks save only the
+# weight loads a block and the epilogue; ROW_STEP 1: 35 tap rows, not 36. GROUP 4 (the Fast stem): 32 x 64
+# = 512 GEMM rows on 4 warps, 3 stages of 68 KB (205 KB); no block is interior. sm_90 bounds at batch 32,
+# bf16 (triton 3.9 / 3.6): 0.811 / 0.792 ms, LSU-bound (the 2x-overlapping 16-byte gathers of the tap
+# rows), against 0.878 / ~0.86 for 32 x 32 with ROW_STEP 2, whose PATH 0 also needed 289 KB of shared
+# memory. fp32: 32 x 32 on 8 warps, no spills (142 registers; 4 warps and ROW_STEP 2 spill 592-760 B).
+# GROUP 1 (the Slow stem): 16 x 16 x 64 channels, 8 warps, masked loop only.
 TAP_ROWS_POOL_CONFIGS = {
-    4: dict(ROWS=32, COLS=32, ROW_STEP=2, PATH=0, num_warps=4, num_stages=2),
+    4: dict(ROWS=32, COLS=64, ROW_STEP=1, PATH=2, num_warps=4, num_stages=3),
+    (4, torch.float32): dict(ROWS=32, COLS=32, ROW_STEP=1, PATH=2, num_warps=8, num_stages=2),
     1: dict(ROWS=16, COLS=16, ROW_STEP=1, PATH=2, num_warps=8, num_stages=3),
 }
+
+
+def tap_rows_config(configs: dict, group: int, dtype: torch.dtype) -> dict:
+    """The launch config of a GROUP and input dtype: the (GROUP, dtype) entry where there is one."""
+    return dict(configs.get((group, dtype), configs[group]))
+
+
 # The interpreter: one numpy call per block operation and K step, so large tiles that still split the tests'
 # shapes into several programs in both directions.
 INTERPRETER_TAP_ROWS_CONV = dict(ROWS=8, COLS=16, ROW_STEP=2, PATH=0)
@@ -368,7 +388,7 @@ def _prepare(x4, weight, bias, stride, padding, out, configs, interpreter_config
     from .conv3d_bn_act_maxpool import _mode, _pad_bias
 
     geometry = tap_rows_geometry(weight.shape[0], weight.shape[4], stride[2], padding[2])
-    cfg = dict(interpreter_config) if interpreter else dict(configs[geometry["GROUP"]])
+    cfg = dict(interpreter_config) if interpreter else tap_rows_config(configs, geometry["GROUP"], x4.dtype)
     w_dtype = torch.float32 if x4.dtype == torch.float32 else x4.dtype
     w = pack_weight_tap_rows(weight, w_dtype, stride[2], padding[2], geometry, cfg["ROW_STEP"])
     b = _pad_bias(bias, weight.shape[0], geometry["N_PAD"], x4.device)

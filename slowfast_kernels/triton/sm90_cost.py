@@ -224,6 +224,21 @@ def throughput_bound(instrs: Sequence[Instr], trips: Sequence[int], programs: in
                 mma_flops=flops)
 
 
+def mixed_bound(parts: Sequence[tuple]) -> Dict[str, float]:
+    """The bound of a launch whose programs run one of several compiled code paths: parts [(share of the
+    programs, throughput_bound of the launch with every program on that path)]. The issue, LSU and tensor
+    bounds and the executed totals add by share; the HBM bound (every tensor once) is the paths' largest."""
+    total = sum(w for w, _ in parts)
+    if abs(total - 1.0) > 1e-9 or any(w < 0 for w, _ in parts):
+        raise ValueError(f"mixed_bound: shares must be >= 0 and sum to 1, got {[w for w, _ in parts]}")
+    out = {k: sum(w * b[k] for w, b in parts) for k in ("issue_ms", "lsu_ms", "tensor_ms", "warp_instructions",
+                                                       "lsu_cycles", "mma_flops")}
+    out["hbm_ms"] = max(b["hbm_ms"] for _, b in parts)
+    bounds = {k: out[k] for k in ("issue_ms", "lsu_ms", "tensor_ms", "hbm_ms")}
+    name = max(bounds, key=bounds.get)
+    return dict(out, est_ms=bounds[name], bound=name[:-3])
+
+
 def analyze(sass: str, res_usage: str) -> dict:
     """Everything the report keeps from one cubin's SASS and resource usage, before the launch's trips."""
     instrs = parse_sass(sass)

@@ -21,9 +21,11 @@ or, to run both versions at once (one a core), into two files merged afterwards:
         --merge /tmp/sm90-a.json /tmp/sm90-b.json
 
 Kernels and cases:
-  fast_stem, slow_stem   _conv3d_small_cin_kernel (conv alone, then torch's max-pool) and
-                         _conv3d_small_cin_maxpool_kernel (pool fused); ``picked`` marks the one
-                         ops.conv3d_bn_act_maxpool.fuse_pool_rule chooses
+  fast_stem, slow_stem   the stem launchers (conv alone, then torch's max-pool; +pool: pool fused), at
+                         224 the tap-row kernels: _to_tap_rows_kernel (3 -> 4 channel copy) then
+                         _conv3d_tap_rows_kernel / _conv3d_tap_rows_maxpool_kernel; ``picked`` marks
+                         the one ops.conv3d_bn_act_maxpool.fuse_pool_rule chooses, ``case_est_ms``
+                         the case's total (copy + conv)
   lateral_*              lateral_fuse's kernels for each lateral mode at each of the 4 sites, fusion concat
   pack_pathways          crop only and resize + crop of a 64 x 256 x 340 uint8 clip
   conv <layer>           the general implicit GEMM (triton/conv3d_bn_act.py; only backend="triton" runs it)
@@ -76,6 +78,12 @@ KERNEL_LOOPS: Dict[str, Callable[[dict], List[Tuple[int, bool]]]] = {
     "_lateral_fuse_kernel": lambda a: [],
     "_lateral_fuse_conv_kernel": lambda a: [(a["K"], True), (cdiv(a["CI"], a["BLOCK_CI"]), False)],
     "_pack_pathways_kernel": lambda a: [],
+    # The tap-row stems: one flat loop over the KD * KH tap rows, ROW_STEP an iteration (static_range
+    # inside, unrolled); the pool kernel's channel-tile loop around it (one trip for both stems).
+    "_to_tap_rows_kernel": lambda a: [],
+    "_conv3d_tap_rows_kernel": lambda a: [(cdiv(a["KD"] * a["KH"], a["ROW_STEP"]), True)],
+    "_conv3d_tap_rows_maxpool_kernel": lambda a: [(a["N_PAD"] // a["BLOCK_N"], True),
+                                                  (cdiv(a["KD"] * a["KH"], a["ROW_STEP"]), True)],
 }
 DOT_FLOPS: Dict[str, Callable[[dict], int]] = {
     "_conv3d_small_cin_kernel": lambda a: 2 * a["BLOCK_M"] * a["BLOCK_N"] * a["BLOCK_K"] * a["KD"] * a["KH"],
@@ -84,7 +92,18 @@ DOT_FLOPS: Dict[str, Callable[[dict], int]] = {
     "_conv3d_bn_act_kernel": lambda a: 2 * a["BLOCK_M"] * a["BLOCK_N"] * a["BLOCK_K"] * cdiv(a["K"], a["BLOCK_K"]),
     "_lateral_fuse_conv_kernel": lambda a: 2 * a["BLOCK_P"] * a["BLOCK_O"] * a["BLOCK_CI"] * a["K"]
     * cdiv(a["CI"], a["BLOCK_CI"]),
+    # M = ROWS * COLS / GROUP GEMM rows, K_ROW a tap row, every tap row of the rounded-up loop (the rows
+    # past KD * KH are masked loads but real dots).
+    "_conv3d_tap_rows_kernel": lambda a: 2 * a["ROWS"] * a["COLS"] // a["GROUP"] * a["BLOCK_N"] * a["K_ROW"]
+    * cdiv(a["KD"] * a["KH"], a["ROW_STEP"]) * a["ROW_STEP"],
+    "_conv3d_tap_rows_maxpool_kernel": lambda a: 2 * a["ROWS"] * a["COLS"] // a["GROUP"] * a["N_PAD"] * a["K_ROW"]
+    * cdiv(a["KD"] * a["KH"], a["ROW_STEP"]) * a["ROW_STEP"],
 }
+# Kernels with a PATH constexpr (conv3d_bn_act_maxpool_tap_rows._tap_rows_tile): PATH 0 holds two K loops
+# and runs one of them a program, the unmasked one on interior tiles. Its est_ms is the mix of the PATH 1
+# (unmasked) and PATH 2 (masked) compiles weighted by the case's interior_tile_share; regs, stack and
+# SASS counts are the PATH 0 cubin's (what runs).
+TWO_PATH_KERNELS = ("_conv3d_tap_rows_kernel", "_conv3d_tap_rows_maxpool_kernel")
 # The general conv's representative layers (names in the reference model), one per code path the kernel
 # specializes on: Slow res2 1x3x3 (KH=KW=3), Slow res2 1x1 with the residual epilogue (IS_1X1), Slow res4
 # 3x1x1 (K = 3 x 1024), Fast res2 3x1x1 with 8 channels (K = 24: one partial K block).
@@ -139,12 +158,16 @@ def _out_shape(x_shape, conv) -> tuple:
 
 # -- cases: (kernel family, case name, picked by the plan, a call that runs the launcher) ------------------
 
-Case = Tuple[str, str, bool, Callable[[], None]]
+Case = tuple  # (family, case, picked, call[, interior share of a tap-row launch's bound arguments])
 
 
 def stem_cases(shapes: dict, dtype: torch.dtype) -> Iterator[Case]:
+    """Each stem conv alone (then torch's max-pool) and with the pool fused. At 224 the launchers run the
+    tap-row kernels: a 3 -> 4 channel copy (_to_tap_rows_kernel) and the conv; the case's records carry
+    the sum of both (case_est_ms). The 5th element gives a tap-row launch's interior tile share."""
     from ..ops.conv3d_bn_act_maxpool import STEM_POOL, fuse_pool_rule, pool_output_shape
     from . import conv3d_bn_act_maxpool as stem
+    from .conv3d_bn_act_maxpool_tap_rows import interior_tile_share
 
     for name, pathway in (("slow_stem", "0"), ("fast_stem", "1")):
         x_shape, conv = shapes["convs"][f"blocks.0.multipathway_blocks.{pathway}.conv"]
@@ -153,12 +176,18 @@ def stem_cases(shapes: dict, dtype: torch.dtype) -> Iterator[Case]:
         x = _empty(x_shape, dtype)
         conv_shape = _out_shape(x_shape, conv)
         fused = fuse_pool_rule(tuple(w.shape), dtype, STEM_POOL)
+
+        def interior(a, conv=conv):
+            pooled = (a["Hp"], a["Wp"]) if "Hp" in a else None
+            return interior_tile_share(a["H"], a["W"], (a["Ho"], a["Wo"]), tuple(conv.weight.shape), conv.stride,
+                                       conv.padding, a, pooled)
+
         y = _empty(conv_shape, dtype)
         yield ("stem", name, not fused, lambda x=x, w=w, b=b, conv=conv, y=y: stem.conv3d_small_cin_triton(
-            x, w, b, conv.stride, conv.padding, True, y, 0))
+            x, w, b, conv.stride, conv.padding, True, y, 0), interior)
         yp = _empty(pool_output_shape(conv_shape, *STEM_POOL), dtype)
         yield ("stem", f"{name}+pool", fused, lambda x=x, w=w, b=b, conv=conv, cs=conv_shape, yp=yp:
-               stem.conv3d_small_cin_maxpool_triton(x, w, b, conv.stride, conv.padding, True, cs[3:], yp))
+               stem.conv3d_small_cin_maxpool_triton(x, w, b, conv.stride, conv.padding, True, cs[3:], yp), interior)
 
 
 def lateral_cases(shapes: dict, dtype: torch.dtype, modes) -> Iterator[Case]:
@@ -224,33 +253,63 @@ def config_name(b: comp.Bound) -> str:
     return " ".join(f"{k}={v}" for k, v in tiles.items()) + f" w{b.options.num_warps} s{b.options.num_stages}"
 
 
-def cost_record(launch: comp.Launch, b: comp.Bound) -> dict:
-    """The report's record of one bound launch: resources, SASS counts, throughput bound."""
+def _bound(launch: comp.Launch, b: comp.Bound, n_prog: int) -> Tuple[dict, dict, list, str]:
+    """(analysis, throughput bound, trips, note) of one compile of a launch."""
+    c = comp.compile_sm90(b)
+    a = cost.analyze(c.sass, c.res_usage)
+    trips, note = cost.map_trips(KERNEL_LOOPS[b.fn.__name__](b.args), a["loop_depth"])
+    bound = cost.throughput_bound(a["instrs"], trips, n_prog, b.options.num_warps, comp.tensor_bytes(b.args))
+    return a, bound, trips, note
+
+
+def cost_record(launch: comp.Launch, b: comp.Bound, kwargs: dict,
+                interior: Optional[Callable[[dict], float]] = None, mix_paths: bool = True) -> dict:
+    """The report's record of one bound launch: resources, SASS counts, throughput bound. mix_paths False:
+    a PATH 0 kernel's est_ms from its own cubin, both K loops counted for every program (an upper bound,
+    two compiles fewer)."""
     name = b.fn.__name__
     if name not in KERNEL_LOOPS:
         raise KeyError(f"sm90_report: no loop description for kernel {name}: add it to KERNEL_LOOPS")
     c = comp.compile_sm90(b)
-    a = cost.analyze(c.sass, c.res_usage)
-    trips, note = cost.map_trips(KERNEL_LOOPS[name](b.args), a["loop_depth"])
     n_prog = comp.programs(launch, b)
-    warps = b.options.num_warps
-    bound = cost.throughput_bound(a["instrs"], trips, n_prog, warps, comp.tensor_bytes(b.args))
+    a, bound, trips, note = _bound(launch, b, n_prog)
+    extra = {}
+    if name in TWO_PATH_KERNELS and b.args.get("PATH") == 0 and not mix_paths:
+        note = (note + "; " if note else "") + "est_ms: both K loops counted for every program (--single-path)"
+    elif name in TWO_PATH_KERNELS and b.args.get("PATH") == 0:
+        if interior is None:
+            raise ValueError(f"sm90_report: {name} with PATH=0 needs the case's interior tile share")
+        share = interior(b.args)
+        parts = []
+        for path, weight in ((1, share), (2, 1.0 - share)):
+            pb = comp.bind(launch.fn, launch.args, dict(kwargs, PATH=path))
+            pa, pbound, ptrips, pnote = _bound(launch, pb, n_prog)
+            parts.append((weight, pbound))
+            extra[f"path{path}"] = dict(est_ms=round(pbound["est_ms"], 4), bound=pbound["bound"], regs=pa["regs"],
+                                        stack_bytes=pa["stack_bytes"], loop_trips=ptrips,
+                                        loop_instructions=pa["loop_sass"]["total"], note=pnote)
+        bound = cost.mixed_bound(parts)
+        extra["interior_share"] = round(share, 4)
+        note = (note + "; " if note else "") + \
+            f"est_ms: PATH 1 (unmasked) x {share:.3f} + PATH 2 (masked) x {1 - share:.3f} of the programs"
     if name in DOT_FLOPS and a["sass"]["HGMMA"] + a["sass"]["HMMA"]:
         want = DOT_FLOPS[name](b.args) * n_prog
         if abs(bound["mma_flops"] - want) > 0.01 * want:
             note = (note + "; " if note else "") + \
                 f"MMA FLOPs in SASS x trips {bound['mma_flops']:.3g} != tl.dot FLOPs {want:.3g}"
     smem = c.shared_bytes + a["static_smem_bytes"]
+    warps = b.options.num_warps
     return dict(
         regs=a["regs"], stack_bytes=a["stack_bytes"], local_bytes=a["local_bytes"], smem_bytes=smem,
         warps_per_sm=cost.warps_per_sm(a["regs"], smem, warps), num_warps=warps, programs=n_prog,
         loop_trips=trips, sass=a["sass"], loop_sass=a["loop_sass"],
         est_ms=round(bound["est_ms"], 4), bound=bound["bound"],
         bounds_ms={k: round(v, 4) for k, v in bound.items() if k.endswith("_ms") and k != "est_ms"},
-        compile_s=round(c.compile_s, 2), note=note)
+        compile_s=round(c.compile_s, 2), note=note, **extra)
 
 
-def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False, log=print) -> List[dict]:
+def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False, log=print,
+              mix_paths=True) -> List[dict]:
     records = []
     for model in models:
         for batch in batches:
@@ -267,21 +326,35 @@ def run_cases(models, batches, dtypes, families, conv_layers, picked_only=False,
                     cases += pack_cases(shapes, dtype, batch)
                 if "conv" in families and (conv_layers is None or (model, batch) in CONV_AT):
                     cases += conv_cases(shapes, dtype, conv_layers)
-                for family, case, picked, call in cases:
+                for family, case, picked, call, *more in cases:
                     if picked_only and not picked:
                         continue
-                    for launch in comp.record(call):
+                    interior = more[0] if more else None
+                    launches = comp.record(call)
+                    case_records = []
+                    for launch in launches:
                         for kwargs in launch.variants():
                             b = comp.bind(launch.fn, launch.args, kwargs)
                             t0 = time.perf_counter()
                             rec = dict(kernel=b.fn.__name__, family=family, model=model, batch=batch, case=case,
                                        dtype=dname, config=config_name(b), triton=comp.triton.__version__,
                                        picked=picked)
-                            rec.update(cost_record(launch, b))
-                            records.append(rec)
+                            rec.update(cost_record(launch, b, kwargs, interior, mix_paths))
+                            case_records.append(rec)
                             log(f"{model} b{batch} {dname} {case:40s} {rec['config']:44s} regs {rec['regs']:3d} "
                                 f"stack {rec['stack_bytes']:5d} est {rec['est_ms']:8.3f} ms ({rec['bound']}) "
                                 f"{time.perf_counter() - t0:5.1f} s")
+                    if all(lp.configs is None for lp in launches):
+                        # One launch of each kernel (no autotuning): the case costs their sum, e.g. a stem =
+                        # its 3 -> 4 channel copy + its conv (+ pool).
+                        total = round(sum(r["est_ms"] for r in case_records), 4)
+                        for r in case_records:
+                            r["case_kernels"] = [x["kernel"] for x in case_records]
+                            r["case_est_ms"] = total
+                        if len(case_records) > 1:
+                            log(f"{model} b{batch} {dname} {case:40s} total of {len(case_records)} kernels "
+                                f"est {total:8.3f} ms")
+                    records += case_records
     return records
 
 
@@ -333,9 +406,30 @@ def merge(path: str, records: List[dict], run_info: dict, replace_version: bool,
         "fields": "regs/stack_bytes/local_bytes: cuobjdump -res-usage; smem_bytes: Triton's dynamic shared + "
                   "static; sass: whole-kernel opcode counts, loop_sass: the innermost loop's; picked: what "
                   "the plan's launchers choose (conv: never auto-picked); compile_s: cold compile, near 0 "
-                  "when Triton's cache had it",
+                  "when Triton's cache had it; interior_share/path1/path2: a tap-row kernel's two K loops "
+                  "(PATH 0), est_ms mixed from the unmasked (1) and masked (2) compiles by the share of "
+                  "interior programs; case_kernels/case_est_ms: every kernel the case's launcher runs and "
+                  "the sum of their est_ms (a stem: 3 -> 4 channel copy + conv (+ pool))",
     }
     return {"header": header, "records": all_records}
+
+
+_LATERAL_KERNELS = {"lateral": "_lateral_fuse_kernel", "lateral_conv": "_lateral_fuse_conv_kernel"}
+
+
+def _scope_test(scope: Optional[dict]) -> Callable[[dict], bool]:
+    """Whether a record lies in what a partial run covered (its kernel families, models, batches, dtypes;
+    complete: every kernel of them, not --picked-only): older records there are dropped on merging."""
+    if not scope or not scope.get("complete"):
+        return lambda r: False
+
+    def in_scope(r):
+        family = r.get("family")
+        if family == "lateral":
+            family = next((f for f, k in _LATERAL_KERNELS.items() if k == r["kernel"]), family)
+        return (family in scope["families"] and r.get("model") in scope["models"]
+                and r.get("batch") in scope["batches"] and r.get("dtype") in scope["dtypes"])
+    return in_scope
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -348,6 +442,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--picked-only", action="store_true", help="only the kernels the plan's launchers pick")
     p.add_argument("--conv-layers", default="subset",
                    help="subset (CONV_LAYERS, at CONV_AT), all (every layer, model and batch) or layer names")
+    p.add_argument("--single-path", action="store_true",
+                   help="tap-row kernels: no PATH 1/2 compiles (est_ms an upper bound; for quick checks)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these reports' records into --out, compile nothing")
     args = p.parse_args(argv)
     if args.merge:
@@ -356,7 +452,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 doc = json.load(f)
             for version, info in doc["header"]["runs"].items():
                 mine = [r for r in doc["records"] if r["triton"] == version]
-                merged = merge(args.out, mine, info, replace_version=not info.get("partial", False))
+                merged = merge(args.out, mine, info, replace_version=not info.get("partial", False),
+                               in_scope=_scope_test(info.get("scope")))
                 with open(args.out, "w") as f:
                     json.dump(merged, f, indent=1)
                     f.write("\n")
@@ -374,26 +471,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(f"{what}: expected some of {', '.join(known)}, got {', '.join(sorted(set(given) - set(known)))}")
     full = (set(args.models.split(",")) == set(MODELS) and args.batches == ",".join(map(str, BATCHES))
             and set(args.dtypes.split(",")) == set(DEFAULT_DTYPES) and families == set(FAMILIES)
-            and not args.picked_only and args.conv_layers == "subset")
+            and not args.picked_only and args.conv_layers == "subset" and not args.single_path)
     t0 = time.perf_counter()
     records = run_cases(args.models.split(","), [int(b) for b in args.batches.split(",")],
-                        args.dtypes.split(","), families, layers, args.picked_only)
+                        args.dtypes.split(","), families, layers, args.picked_only, mix_paths=not args.single_path)
     info = {"triton": comp.triton.__version__, "torch": torch.__version__, "commit": _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.machine(), "seconds": round(time.perf_counter() - t0, 1),
             "conv_layers": args.conv_layers, "partial": not full}
-    models, batches, dtypes = set(args.models.split(",")), {int(b) for b in args.batches.split(",")}, \
-        set(args.dtypes.split(","))
-    lateral = {"lateral": "_lateral_fuse_kernel", "lateral_conv": "_lateral_fuse_conv_kernel"}
-
-    def in_scope(r):
-        family = r.get("family")
-        if family == "lateral":
-            family = next((f for f, k in lateral.items() if k == r["kernel"]), family)
-        return (family in families and r.get("model") in models and r.get("batch") in batches
-                and r.get("dtype") in dtypes and not args.picked_only and args.conv_layers == "subset")
-
-    doc = merge(args.out, records, info, replace_version=full, in_scope=in_scope)
+    info["scope"] = dict(families=sorted(families), models=args.models.split(","),
+                         batches=[int(b) for b in args.batches.split(",")], dtypes=args.dtypes.split(","),
+                         complete=not args.picked_only and args.conv_layers == "subset" and not args.single_path)
+    doc = merge(args.out, records, info, replace_version=full, in_scope=_scope_test(info["scope"]))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
