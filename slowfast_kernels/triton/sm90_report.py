@@ -9,14 +9,14 @@ launcher's own config choice is what gets compiled; autotuned kernels compile ev
 Triton version is run the same way and merged into the same file (records are keyed by kernel, model,
 batch, case, dtype, config and triton version; a run replaces its own version's records):
 
-    pip install --target /work/pkgs/triton36 triton==3.6.0
-    PYTHONPATH=/work/pkgs/triton36:$PWD:$PWD/python \\
+    pip install --target $TRITON36 triton==3.6.0
+    PYTHONPATH=$TRITON36:$PWD:$PWD/python \\
         python -m slowfast_kernels.triton.sm90_report --out benchmarks/results/sm90-kernels.json
 
 or, to run both versions at once (one a core), into two files merged afterwards:
 
     python -m slowfast_kernels.triton.sm90_report --out /tmp/sm90-a.json &
-    PYTHONPATH=/work/pkgs/triton36:$PWD:$PWD/python python -m slowfast_kernels.triton.sm90_report --out /tmp/sm90-b.json
+    PYTHONPATH=$TRITON36:$PWD:$PWD/python python -m slowfast_kernels.triton.sm90_report --out /tmp/sm90-b.json
     wait; python -m slowfast_kernels.triton.sm90_report --out benchmarks/results/sm90-kernels.json \\
         --merge /tmp/sm90-a.json /tmp/sm90-b.json
 
