@@ -20,7 +20,6 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
-import numpy as np
 import torch
 
 from .errors import EXIT_OK, UsageError
@@ -69,20 +68,11 @@ def decode_frames(path: str, first: int, last: int) -> torch.Tensor:
     """uint8 [last - first + 1, H, W, 3]: frames first..last (past the end: the last frame repeated)."""
     from slowfast_kernels import io
 
-    s = io._Stream(path)
-    try:
-        total = s.num_frames()
-        stop = min(last, total - 1)
-        window = io._decode_window(s, first, stop, True)
-        if window is None:  # the seek landed after `first`: decode from the start
-            window = io._decode_window(io._reopen(s), first, stop, False)
-        if window is None:
-            raise io.VideoDecodeError(f"{path}: frame {first} could not be decoded")
-        _, frames = window
-        frames += [frames[-1]] * (last - first + 1 - len(frames))
-        return torch.from_numpy(np.stack(frames))
-    finally:
-        s.close()
+    def window(num_video_frames: int, fps) -> torch.Tensor:
+        return torch.arange(first, last + 1).clamp(max=num_video_frames - 1)
+
+    clip = io.read_video(path, frame_index=window)
+    return clip.frames[clip.index]
 
 
 def preprocess(frames: torch.Tensor, size: int) -> torch.Tensor:
