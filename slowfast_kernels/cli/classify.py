@@ -205,13 +205,13 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     options.check_backend(args.backend, device)
     videos = expand_inputs(args.videos, warn=_say(dist.rank == 0))
     options.check_geometry(args, options.first_existing(videos))
+    features_path = feature_files.check_options(args)
     source = options.ModelSource.resolve(args, debug)
     options.check_top(args.top, source.num_classes)
     proto = test_protocol.resolve(args, source)
     labels = test_protocol.read_labels(args.labels, source.num_classes)
     test_protocol.load_ground_truth(proto, args.ground_truth, labels)
     output = resume.output_path(args)
-    features_path = feature_files.check_options(args)
     results = ResultsFile(output, dist.rank, dist.world_size) if output else None
     plan = resume.plan(args, source.arch, videos, results)  # every rank reads what is done before any writes
     features = None
@@ -251,7 +251,9 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
     if results is not None:
         results.open()
     if features is not None:
-        view_index = np.array([[t, s] for t in range(proto.clips) for s in proto.crop_indices], dtype=np.int64)
+        # (temporal clip, spatial crop) of each row: the order the views are packed in (clip-major, as
+        # PySlowFast and MMAction2 order their test views)
+        view_index = np.array(proto.preset.views(), dtype=np.int64).reshape(-1, 2)
         features.open(plan.settings, {feature_files.VIEW_INDEX: view_index})
 
     torch.manual_seed(0)  # without a checkpoint, the same random weights in every rank and every run

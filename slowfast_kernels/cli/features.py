@@ -7,11 +7,11 @@ its JSON line; and, once per file, ``view_index`` (what each row of a video's ar
 (the run's settings as a JSON string, a 0-d str array: a file is resumed only by a run with the same ones).
 
 A killed run leaves the members it wrote and no central directory (zip writes it on close). Opening such a
-file for appending (FeaturesFile.open, merge_parts) first repairs it: the local member headers are read
-from the start, the archive is cut after the last complete member (an empty member or one whose data runs
-past the end or is not followed by another zip record is the one being written; the last member's CRC-32
-is checked), and a central directory of the members found is written. So a kill loses only the arrays of
-the videos being computed. Under torchrun each rank writes OUTPUT.part-RANK and rank 0 merges the parts
+file for appending (FeaturesFile.open, prepare, merge_parts) first repairs it: the local member headers are
+read from the start, the archive is cut after the last complete member (an empty member, one whose data runs
+past the end or one not followed by another zip record is the one being written; a member the file ends in,
+or ends just after, must match its CRC-32), and a central directory of the members found is written. So a
+kill loses only the arrays of the videos being computed. Under torchrun each rank writes OUTPUT.part-RANK and rank 0 merges the parts
 into OUTPUT (members already in OUTPUT kept), as cli/corpus.py ResultsFile does with the JSON lines. A key
 already in the file is not written again (first written wins): a video whose array was written but whose
 line was not (a kill between the two) keeps that array when the resumed run computes it again.
@@ -41,6 +41,7 @@ _LOCAL = b"PK\x03\x04"
 _CENTRAL = b"PK\x01\x02"
 _END = b"PK\x05\x06"
 _END64 = b"PK\x06\x06"
+_RECORDS = (_LOCAL, _CENTRAL, _END, _END64)
 _ZIP_MAGIC = (_LOCAL, _END)  # how a zip (an npz) starts: its first member, or the end record of an empty one
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # signature, version, os, flags, method, time, date, crc, sizes, lengths
 _EMPTY_END = struct.Struct("<4s4H2LH")
@@ -106,12 +107,13 @@ def scan(f, length: int) -> List[_Member]:
         end = data + size
         if size == 0 or size != file_size or end > length:  # a member being written: its header not yet final
             break
-        if end < length:
-            f.seek(end)
-            if f.read(4) not in (_LOCAL, _CENTRAL, _END, _END64):
+        f.seek(end)
+        after = f.read(4)
+        if len(after) == 4:
+            if after not in _RECORDS:  # its sizes are not those of the data that follows
                 break
-        elif _crc(f, data, size) != crc:  # the archive's last bytes: whole only if its checksum says so
-            break
+        elif not any(r.startswith(after) for r in _RECORDS) or _crc(f, data, size) != crc:
+            break  # the archive's last member: whole only if its checksum says so
         members.append(_Member(name.decode("utf-8" if flags & _UTF8 else "cp437"), pos, data, size, crc, flags,
                                time, date, version))
         pos = end
