@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "@lists; resumable; torchrun for many GPUs)", epilog=EPILOG,
                        description="Classify videos: one JSON line per video, "
                                    '{"video", "top": [[label, prob], ...], "views", "arch", "checkpoint", '
-                                   '"seconds"} or {"video", "error"} for a video that cannot be decoded. '
+                                   '"seconds"} or {"video", "error"} for a video that cannot be decoded; '
+                                   'with --features FILE.npz, "features": the key of its array in FILE. '
                                    "Under torchrun each rank takes its share of the videos.")
     p.add_argument("videos", nargs="+", metavar="PATH",
                    help="a video file, a directory (searched recursively for video files) or @LIST "
