@@ -151,20 +151,9 @@ def test_30_views_rows_follow_view_index(corpus, tmp_path, capsys, monkeypatch):
     assert gaps.min() > 1e-3
 
 
-def _cut_central_directory(path, keep_last_member_bytes=None):
-    """A killed run's archive: no central directory; optionally the last member cut after that many bytes."""
-    with zipfile.ZipFile(path) as zf:
-        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
-    last = infos[-1]
-    data = path.read_bytes()
-    end = last.header_offset + len(last.FileHeader()) + last.compress_size
-    if keep_last_member_bytes is not None:
-        end = last.header_offset + keep_last_member_bytes
-    path.write_bytes(data[:end])
-    return last.filename[:-4]
-
-
 def test_resume_after_a_kill_keeps_the_arrays_and_adds_the_rest(first_run, corpus, tmp_path, capsys):
+    """A run killed while the third video's array was being written, after the second video's array but
+    before its line: the cut member goes, the second video's array stays (not written twice), both run again."""
     root, videos, _, ckpt = corpus
     out, npz = _copy_run(first_run, tmp_path)
     args = [*map(str, videos), "--checkpoint", str(ckpt), "--batch-size", "2", "--output", str(out),
@@ -173,26 +162,25 @@ def test_resume_after_a_kill_keeps_the_arrays_and_adds_the_rest(first_run, corpu
     arrays = {k: full[k] for k in full.files}
     lines = out.read_text().splitlines()
     assert len(arrays) == 3 + 2  # three videos, view_index, settings
-    # 1. killed after the last video's array, before its line (and before the archive's central directory)
-    out.write_text("\n".join(lines[:2]) + "\n")
-    last = _cut_central_directory(npz)
+    with zipfile.ZipFile(npz) as zf:
+        last = max(zf.infolist(), key=lambda i: i.header_offset)
+    assert last.filename == os.path.realpath(videos[2]) + ".npy"  # the order the videos finished in
+    npz.write_bytes(npz.read_bytes()[:last.header_offset + 100])  # no central directory, the last member cut
+    out.write_text(lines[0] + "\n")
     status, _, err = _classify(args, capsys)
-    assert status == 0 and "resuming: 2 of 3" in err
+    assert status == 0 and "resuming: 1 of 3" in err
     assert sorted(_names(npz)) == sorted(k + ".npy" for k in arrays)  # each once
-    # 2. killed while the last video's array was being written: the cut member goes, the video runs again
-    out.write_text("\n".join(lines[:2]) + "\n")
-    _cut_central_directory(npz, keep_last_member_bytes=100)
-    status, _, err = _classify(args, capsys)
-    assert status == 0 and "resuming: 2 of 3" in err
-    names = _names(npz)
-    assert sorted(names) == sorted(k + ".npy" for k in arrays)
+    assert out.read_text().splitlines()[0] == lines[0]
     records = by_video(json_lines(out.read_text()))  # each video once
-    assert out.read_text().splitlines()[:2] == lines[:2]
-    data = np.load(npz)
-    for key, value in arrays.items():
-        np.testing.assert_array_equal(data[key], value)  # kept, or computed again alike
     assert {r["features"] for r in records.values()} == {os.path.realpath(v) for v in videos}
-    assert last in {r["features"] for r in records.values()}
+    data = np.load(npz)
+    recomputed = last.filename[:-4]
+    for key, value in arrays.items():
+        if key != recomputed:
+            np.testing.assert_array_equal(data[key], value)  # kept
+    # computed again in another batch (of 2, not 1): oneDNN's blocking differs, the fp32 tolerance applies
+    expected = arrays[recomputed]
+    np.testing.assert_allclose(data[recomputed], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_refusals_are_one_line_and_exit_2(first_run, corpus, tmp_path, capsys):
