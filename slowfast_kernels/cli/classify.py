@@ -217,7 +217,8 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     features = None
     if features_path is not None:
         features = feature_files.FeaturesFile(features_path, dist.rank, dist.world_size)
-        feature_files.check_resume(features, plan.settings, plan.kept, resuming=results is not None and not plan.overwrite)
+        feature_files.check_resume(features, plan.settings, plan.kept,
+                                   resuming=results is not None and not plan.overwrite)
     dist.init(device)
     try:
         return _run(args, dist, device, videos, source, labels, results, plan, sk, proto, features)

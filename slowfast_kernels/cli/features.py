@@ -11,10 +11,11 @@ file for appending (FeaturesFile.open, prepare, merge_parts) first repairs it: t
 read from the start, the archive is cut after the last complete member (an empty member, one whose data runs
 past the end or one not followed by another zip record is the one being written; a member the file ends in,
 or ends just after, must match its CRC-32), and a central directory of the members found is written. So a
-kill loses only the arrays of the videos being computed. Under torchrun each rank writes OUTPUT.part-RANK and rank 0 merges the parts
-into OUTPUT (members already in OUTPUT kept), as cli/corpus.py ResultsFile does with the JSON lines. A key
-already in the file is not written again (first written wins): a video whose array was written but whose
-line was not (a kill between the two) keeps that array when the resumed run computes it again.
+kill loses only the arrays of the videos being computed. Under torchrun each rank writes PATH.part-RANK
+and rank 0 merges the parts into PATH (members already in PATH kept), as cli/corpus.py ResultsFile does
+with the JSON lines. A key already in the file is not written again (first written wins): a video whose
+array was written but whose line was not (a kill between the two) keeps that array when the resumed run
+computes it again.
 """
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ write the same lines.
   path: a moved checkpoint is the same one; None for the seeded random weights), the views (--views and any
   clip / crop counts), --size, --crop, --train-crop, --dtype, --top and the labels file (fingerprinted like
   the checkpoint); with --features, its path (relative to --output's folder) and whether --features-only
-  (which leaves --top and the labels out). Not settings: --device, --backend, --batch-size and --workers, which change the time and
-  the last float bits of a probability, not what is computed; a run moved from a CPU to a GPU resumes as
-  long as its --dtype is the same.
+  (which leaves --top and the labels out). Not settings: --device, --backend, --batch-size and --workers,
+  which change the time and the last float bits of a probability, not what is computed; a run moved from a
+  CPU to a GPU resumes as long as its --dtype is the same.
 - A rerun whose settings differ from any record in --output stops with one line naming the options that
   differ (exit 2); --overwrite starts over (the file and its part files removed), --retry-failed runs again
   the videos that have an error line, replacing those lines.
