@@ -326,3 +326,37 @@ def test_cpu_side_by_side(model, cpu_files, batch):
         rec = record_extra(case(batch, DTYPE), impl, _stats(w.times), peer=peer, flops=flops, dtype=dtype,
                            threads=THREADS, rel_err_vs_float64=err, first_call_s=w.ready["first_call_s"], **extra)
         rec["clips_per_s"] = batch / rec["median_s"]
+
+
+UNDER_LOAD = [("fused", "load1"), ("fused", "load2"), ("fused", "load2_torchfirst"), ("openvino_f32", "load2")]
+
+
+@pytest.mark.skipif(CUDA, reason="a CPU figure: the fused model while another process holds a core")
+@pytest.mark.parametrize("batch", BATCHES[:1])
+def test_cpu_under_load(batch):
+    """benchmarks/under_load.py: a spinner pinned to the last CPU; the fused model on 1 and 2 threads (imported
+    before torch, the package's passive OpenMP waits; and torch first, OpenMP's active default) and OpenVINO
+    f32 on 2 threads. Recorded as case '... under load' with `vs_1_thread` (this / fused's 1-thread median)."""
+    under_load = pytest.importorskip("under_load")
+    results = {}
+    for impl in dict.fromkeys(i for i, _ in UNDER_LOAD):
+        configs = [c for i, c in UNDER_LOAD if i == impl]
+        if impl.startswith("openvino"):
+            try:
+                import openvino  # noqa: F401
+            except ImportError:
+                for c in configs:
+                    record_extra(case(batch, DTYPE) + " under load", f"{impl}_{c}", None,
+                                 skipped="openvino is not installed (pip install -e \".[bench]\")")
+                continue
+        out = under_load.main(["--size", str(SIZE), "--batch", str(batch), "--forwards", "5", "--repeats", "3",
+                               "--impl", impl, "--configs", ",".join(configs)])
+        results.update({(impl, c): r for c, r in out.items()})
+    one = results[("fused", "load1")]["median_s"]
+    for (impl, config), r in results.items():
+        threads = int(config[4])
+        record_extra(case(batch, DTYPE) + " under load", f"{impl}_{config}",
+                     {k: r[k] for k in ("median_s", "iqr_s", "min_s", "max_s")} | {"rounds": r["forwards"]},
+                     threads=threads, vs_1_thread=r["median_s"] / one,
+                     omp_wait="active (torch imported first)" if config.endswith("torchfirst") else
+                     "passive (slowfast_kernels imported first)" if impl == "fused" else "OpenVINO's own pool")
