@@ -63,6 +63,13 @@ def build(impl: str, threads: int, state_dict_path: str, onnx_path: str, inputs)
             return request.get_output_tensor(0).data.copy()
         return run
 
+    if impl == "fused_bf16":
+        from slowfast_kernels import cpu_isa
+
+        isa = cpu_isa.current()
+        if not isa.native_bf16 or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return (f"no native bfloat16 on this CPU ({isa.model}: no AVX512_BF16 / AMX-BF16): fuse(dtype=bfloat16) "
+                    "would run the reference backend's eager bf16 convs")
     torch.set_num_threads(threads)
     model = _torch_model(state_dict_path)
     if impl.startswith("eager"):
@@ -78,16 +85,7 @@ def build(impl: str, threads: int, state_dict_path: str, onnx_path: str, inputs)
         return lambda: compiled(inputs)
     import slowfast_kernels as sk
 
-    if impl == "fused_bf16":
-        from slowfast_kernels import cpu_isa
-
-        isa = cpu_isa.current()
-        if not isa.native_bf16 or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return (f"no native bfloat16 on this CPU ({isa.model}: no AVX512_BF16 / AMX-BF16): fuse(dtype=bfloat16) "
-                    "would run the reference backend's eager bf16 convs")
-        fused = sk.fuse(model, dtype=torch.bfloat16)
-    else:
-        fused = sk.fuse(model)
+    fused = sk.fuse(model, dtype=torch.bfloat16 if impl == "fused_bf16" else torch.float32)
     return lambda: fused(inputs)
 
 
