@@ -24,7 +24,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-RESULTS = Path(__file__).parent / "results"
+# SLOWFAST_BENCH_RESULTS: another folder (a quick check of the machinery must not replace the measured files)
+RESULTS = Path(os.environ.get("SLOWFAST_BENCH_RESULTS") or Path(__file__).parent / "results")
 _records = defaultdict(list)  # suite -> list of dict
 
 
@@ -41,6 +42,9 @@ def machine_info() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
     }
+    from slowfast_kernels import cpu_isa
+
+    info.update(cpu_isa.current().record())  # CPU model name, vendor, ISA tier and flags
     try:
         import triton
 
@@ -152,10 +156,13 @@ def pytest_sessionfinish(session, exitstatus):
                  f"{'case':40s} {'impl':30s} {'median ms':>10s} {'IQR ms':>8s} {'x base':>7s}  extra"]
         for r in recs:
             if not r.get("median_s"):
-                lines.append(f"{r['case'][:40]:40s} {r['impl'][:30]:30s} {'not finished':>10s}")
+                why = f"skipped: {r['skipped']}" if r.get("skipped") else "not finished"
+                lines.append(f"{r['case'][:40]:40s} {r['impl'][:30]:30s} {why}")
                 continue
             ratio = f"{r['speedup_vs_baseline']:.2f}" if r.get("speedup_vs_baseline") else "-"
             extra = " ".join(f"{k}={r[k]:.2f}" for k in ("tflops", "gb_per_s") if k in r)
+            if "rel_err_vs_float64" in r:
+                extra += f" err={r['rel_err_vs_float64']:.1e}"
             if r.get("variant"):
                 extra = f"({r['variant']}) " + extra
             lines.append(f"{r['case'][:40]:40s} {r['impl'][:30]:30s} {r['median_s'] * 1e3:10.3f} "

@@ -3,8 +3,24 @@
 Public API (DESIGN.md): load_checkpoint, temporal_indices, pack_pathways, lateral_fuse, fold_bn,
 conv3d_bn_act, conv3d_bn_act_maxpool, fuse. Every op takes backend = auto | triton | cuda | cpu | reference; see
 slowfast_kernels.backends for how one is chosen.
+
+Importing this package before torch makes OpenMP wait passively (OMP_WAIT_POLICY=PASSIVE, unless the
+environment already sets OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME): OpenMP reads its policy once,
+when torch loads it, so after ``import torch`` nothing can change it (``OMP_WAIT_POLICY_SET`` says whether
+this import set it). DESIGN.md, "Threads under load".
 """
-from . import _ext, backends
+import os as _os
+import sys as _sys
+
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# OpenMP's default active wait spins a worker thread ~ms after every parallel region: with another process on
+# one of its cores the next region waits for that thread's time slice (R50 fused, 2 threads, one core busy:
+# 2.0 s a forward against 0.77 s passive).
+OMP_WAIT_POLICY_SET = "torch" not in _sys.modules and not any(v in _os.environ for v in _WAIT_VARS)
+if OMP_WAIT_POLICY_SET:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+from . import _ext, backends  # noqa: E402
 from .backends import BackendUnavailable
 from .ops.lateral_fuse import lateral_fuse, lateral_fuse_ref
 from .checkpoints import load_checkpoint

@@ -442,6 +442,18 @@ def _check_device(device) -> torch.device:
     return dev
 
 
+def _warn_slow_cpu_bf16() -> None:
+    """bf16 on a CPU without native bf16 (AVX512_BF16 / AMX-BF16): oneDNN cannot run the convs in bf16, the
+    reference backend's eager bf16 convs do, several times slower than float32. Said once per call."""
+    from . import cpu_isa
+
+    isa = cpu_isa.current()
+    if not isa.native_bf16:
+        warnings.warn(f"fuse: dtype=torch.bfloat16 on a CPU without native bfloat16 ({isa.model}: no AVX512_BF16 or "
+                      "AMX-BF16): the convs run as eager bf16 (the reference backend), slower than float32; use "
+                      "dtype=torch.float32 on this CPU", stacklevel=3)
+
+
 def fuse(
     model: nn.Module,
     dtype: torch.dtype = torch.float32,
@@ -495,6 +507,8 @@ def fuse(
         device = device if device is not None else next(model.parameters()).device
         if cuda_graph is True and device.type != "cuda":
             raise ValueError(f"fuse: cuda_graph=True needs a CUDA device, got {device}")
+        if device.type == "cpu" and dtype == torch.bfloat16 and backend == "auto":
+            _warn_slow_cpu_bf16()
         fused = FusedSlowFast(model, dtype, backend, max_cached_shapes).to(device)
     fused.eval()
     if device.type == "cuda" and cuda_graph:

@@ -76,7 +76,15 @@ def test_bad_input_is_named():
 
 
 def test_rule_takes_few_output_channels_only():
+    """The avx512 tier's rule (the CPU faked: it is keyed by the ISA found at run time, tests/test_cpu_isa.py)."""
+    from slowfast_kernels import cpu_isa
+
     x = torch.randn(1, 3, 4, 16, 16)
+    with cpu_isa.override(cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", frozenset({"avx2", "avx512f"}))):
+        _rule_checks(x)
+
+
+def _rule_checks(x):
     assert small_cin_wins(x, (8, 3, 5, 7, 7), (1, 2, 2), (2, 3, 3), (1, 1, 1))        # the Fast stem
     assert not small_cin_wins(x, (64, 3, 1, 7, 7), (1, 2, 2), (0, 3, 3), (1, 1, 1))  # the Slow stem: oneDNN
     assert not small_cin_wins(x.bfloat16(), (8, 3, 5, 7, 7), (1, 2, 2), (2, 3, 3), (1, 1, 1))

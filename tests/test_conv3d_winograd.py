@@ -174,5 +174,9 @@ def test_supports_and_rule():
     assert not winograd_supports((1, 256, 8, 14, 14), (256, 256, 3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1),
                                  torch.float32)
     assert not winograd_supports((1, 128, 8, 14, 14), w, (1, 1, 1), (0, 1, 1), (1, 1, 1), torch.float32)
-    assert winograd_wins((1, 256, 8, 14, 14), w)
-    assert not winograd_wins((1, 8, 32, 56, 56), (8, 8, 1, 3, 3))
+    from slowfast_kernels import cpu_isa
+
+    with cpu_isa.override(cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", frozenset({"avx2", "avx512f"}))):
+        assert winograd_wins((1, 256, 8, 14, 14), w)
+        assert winograd_wins((1, 32, 8, 14, 14), (32, 32, 1, 3, 3))
+        assert not winograd_wins((1, 8, 32, 56, 56), (8, 8, 1, 3, 3))

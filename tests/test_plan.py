@@ -92,9 +92,16 @@ def test_reference_backend_runner_and_2d_refusal():
 def test_folded_conv_keeps_the_last_shapes_and_shares_shape_independent_weights():
     """An LRU of max_cached_shapes input signatures per layer; the Winograd transformed filter (independent of
     the input shape) is one tensor for every shape's runner, oneDNN's packed weight is per shape."""
+    from slowfast_kernels import cpu_isa
     from slowfast_kernels.ops.conv3d_winograd import WinogradConv
     from slowfast_kernels.plan import FoldedConv
 
+    # the avx512 tier's rule (Winograd from 32 channels), whatever this CPU is
+    with cpu_isa.override(cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", frozenset({"avx2", "avx512f"}))):
+        _shares_weights(FoldedConv, WinogradConv)
+
+
+def _shares_weights(FoldedConv, WinogradConv):
     conv = torch.nn.Conv3d(32, 40, (1, 3, 3), padding=(0, 1, 1), bias=False)
     bn = torch.nn.BatchNorm3d(40).eval()
     layer = FoldedConv(conv, bn, "relu", "cpu", max_cached_shapes=2)

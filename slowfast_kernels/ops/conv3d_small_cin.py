@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import _ext
+from .. import _ext, cpu_isa
 from .conv3d_bn_act import output_shape
 
 
@@ -29,10 +29,22 @@ def supports(x: torch.Tensor, weight_shape, stride, padding, dilation) -> Option
     return None
 
 
+# The ISA tiers (cpu_isa.CpuIsa.tier) where the kernel beat oneDNN on the Fast stem; elsewhere oneDNN runs it.
+SMALL_CIN_TIERS = frozenset({"avx512"})
+
+
 def small_cin_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
-    """The measured rule (2 cores, fp32, batch 1): 3 -> 8 5x7x7 stride (1,2,2) (the Fast stem) 26 ms in oneDNN,
-    ~1.1x faster here (measured under load; see benchmarks/bench_conv3d.py); 3 -> 64 1x7x7 (the Slow stem)
-    oneDNN 2.3x faster: it fills whole registers with 64 output channels. So: up to 16 output channels."""
+    """The measured rule, keyed by the CPU's ISA (slowfast_kernels.cpu_isa: the tier found at run time).
+
+    avx512 (fitted on an AMD EPYC with AVX-512, 2 cores, fp32, batch 1): 3 -> 8 5x7x7 stride (1,2,2) (the
+    Fast stem) 26 ms in oneDNN, ~1.1x faster here (measured under load; see benchmarks/bench_conv3d.py);
+    3 -> 64 1x7x7 (the Slow stem) oneDNN 2.3x faster: it fills whole registers with 64 output channels. So:
+    up to 16 output channels.
+    amx (an Intel Xeon with AMX): the Fast stem 57-65 ms here against 53 ms in oneDNN: oneDNN.
+    avx2 / default (no AVX-512: the portable loop; an AMD EPYC with AVX2 only, 1 thread, loaded machine,
+    medians of 15): the Fast stem at 224 3780 ms here against 200 ms in oneDNN: oneDNN."""
+    if cpu_isa.current().tier not in SMALL_CIN_TIERS:
+        return False
     return supports(x, weight_shape, stride, padding, dilation) is None and weight_shape[0] <= 16
 
 

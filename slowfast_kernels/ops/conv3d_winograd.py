@@ -32,7 +32,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .. import _ext
+from .. import _ext, cpu_isa
 
 TILES = (4, 2)  # F(4x4, 3x3) and F(2x2, 3x3)
 
@@ -48,7 +48,7 @@ def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], strid
 
 def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv when C_in and
-    C_out are both >= 32.
+    C_out are both >= WINOGRAD_MIN_CHANNELS[the CPU's ISA tier] (32 with AVX-512, 256 with AVX2 only).
 
     Measured on 2 cores (AMD EPYC, AVX-512) shared with other jobs, so under load: medians (min) of 60 runs
     interleaved with oneDNN (plan.OneDNNConv, packed weight) in one process, fp32, batch 1, bias + ReLU,
@@ -76,7 +76,18 @@ def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
     the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
-    return c_in >= 32 and c_out >= 32
+    least = WINOGRAD_MIN_CHANNELS.get(cpu_isa.current().tier)
+    return least is not None and c_in >= least and c_out >= least
+
+
+# Per ISA tier (cpu_isa.CpuIsa.tier): the least C_in and C_out at which F(4x4, 3x3) is chosen over oneDNN.
+# avx512: the table above. amx: the same kernels (AMX does not run fp32), not measured on that CPU apart from
+# the whole model (fused fp32 ahead of OpenVINO f32 there). avx2 (no AVX-512: the portable transforms and
+# MKL's batched GEMM; an AMD EPYC with AVX2 only, 1 thread, loaded machine, medians (min) of 15, oneDNN vs
+# F(4x4)): 64 ch 8x56 46.3 (30.2) vs 60.4 (36.8) ms, 128 ch 8x28 60.8 (51.8) vs 63.4 (56.6), 256 ch 8x14
+# 56.6 (51.3) vs 50.6 (47.5), 512 ch 8x7 67.0 (60.4) vs 55.9 (50.5), Fast 32 ch 32x14 6.9 (2.7) vs 10.0
+# (8.5): from 256 channels. default (no AVX2): not measured: oneDNN.
+WINOGRAD_MIN_CHANNELS = {"avx512": 32, "amx": 32, "avx2": 256}
 
 
 def conv3d_winograd_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
