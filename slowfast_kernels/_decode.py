@@ -342,6 +342,21 @@ class LiveStream:
         self.container.close()
 
 
+class RGB:
+    """av.VideoFrame -> uint8 [H, W, 3] RGB through one swscale context kept from frame to frame (to_ndarray
+    builds one per frame: 2.6 ms for a 32x32 frame on the 2-core machine, against 0.08 ms); equal pixels."""
+
+    def __init__(self) -> None:
+        self._reformatter = None
+
+    def __call__(self, frame) -> np.ndarray:
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def open_in_order(path, who: str = "classify"):
     """A source of every frame in order, each decoded once: a LiveStream for "-" and URLs, else a Stream
     (frame count and fps known from the demuxer). Both have .fps, .num_frames, .frames(0, False), .close()."""

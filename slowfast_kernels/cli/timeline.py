@@ -134,6 +134,7 @@ class Assembler:
         self.peak = 0     # the most frames held at once
         self.frames = 0   # frames fed
         self.converted = 0
+        self._rgb = _decode.RGB()
 
     @property
     def finished(self) -> bool:
@@ -141,8 +142,7 @@ class Assembler:
         return not self.open and not self.windows.has(self.next_k)
 
     def feed(self, number: int, frame) -> List[WindowClip]:
-        """Frame `number` (the next in order, an av.VideoFrame or anything with to_ndarray(format="rgb24")):
-        the windows it completes."""
+        """Frame `number` (the next in order, an av.VideoFrame): the windows it completes."""
         self.frames += 1
         w = self.windows
         while w.has(self.next_k) and w.span(self.next_k)[0] <= number:
@@ -153,7 +153,7 @@ class Assembler:
             self.open.append((k, numbers, indices, w.span(k)[1]))
             self.next_k += 1
         if self.users.get(number) and number not in self.held:
-            self.held[number] = frame.to_ndarray(format="rgb24")
+            self.held[number] = self._rgb(frame)
             self.converted += 1
             self.peak = max(self.peak, len(self.held))
         done = []
