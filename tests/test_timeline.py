@@ -107,10 +107,10 @@ def test_ten_minutes_decoded_once_in_a_bounded_frame_map(ten_minutes, window, st
 # ----------------------------------------------------------------------------------------------- files
 
 def _checkpoint(tmp_path):
-    model = randomize(R.build_model("slowfast_r50_8x8", train_crop=32)).eval()
+    model = randomize(R.build_model("slow_r50_8x8", train_crop=32)).eval()
     with torch.no_grad():  # logits of order 1: the per-position softmax is not one-hot
         model.blocks[-1].proj.weight.mul_(1e-3)
-    path = tmp_path / "slowfast.pyth"
+    path = tmp_path / "slow.pyth"
     torch.save({"model_state": sk.checkpoints.export_state_dict(model, "pyslowfast")}, path)
     return model, path
 
@@ -120,8 +120,8 @@ def test_timeline_matches_the_reference_and_resumes(videos, tmp_path, capsys):
     model, ckpt = _checkpoint(tmp_path)
     out = tmp_path / "timeline.jsonl"
     args = ["classify", str(five_s), str(short), "--window", "2", "--stride", "1", "--checkpoint", str(ckpt),
-            "--size", "48", "--crop", "48", "--train-crop", "32", "--device", "cpu", "--dtype", "float32",
-            "--batch-size", "5", "--output", str(out), "--no-progress"]
+            "--size", "32", "--crop", "32", "--train-crop", "32", "--device", "cpu", "--dtype", "float32",
+            "--batch-size", "1", "--output", str(out), "--no-progress"]
     assert main(args) == 0
     lines = json_lines(out.read_text())
     by_video = {str(v): [r for r in lines if r["video"] == str(v)] for v in (five_s, short)}
@@ -130,16 +130,16 @@ def test_timeline_matches_the_reference_and_resumes(videos, tmp_path, capsys):
     assert timeline.is_end_line(a[-1]) and a[-1]["windows"] == 4 and a[-1]["frames"] == 40
     assert [(r["window"], r["start"], r["end"]) for r in b[:-1]] == [(0, 0, 1.5)] and b[-1]["windows"] == 1
     # each window's probabilities: the reference model on io.read_video's frames of the window
-    reference = R.build_model("slowfast_r50_8x8", head_act="softmax", train_crop=32).eval()
+    reference = R.build_model("slow_r50_8x8", head_act="softmax", train_crop=32).eval()
     reference.load_state_dict(model.state_dict())
     labels = io.kinetics_400_labels()
     for path, records in ((five_s, a), (short, b)):
-        windows = timeline.Windows(8, 2.0, 1.0, 32, total=io.probe_video(path).num_frames)
+        windows = timeline.Windows(8, 2.0, 1.0, 8, total=io.probe_video(path).num_frames)
         for r in records[:-1]:
             clip = io.read_video(path, frame_index=lambda v, fps, k=r["window"]: windows.indices(k))
-            slow, fast = sk.pack_pathways_ref(clip.frames, clip.index, 4, size=48, crop=48, spatial_idx=1)
+            _, fast = sk.pack_pathways_ref(clip.frames, clip.index, 1, size=32, crop=32, spatial_idx=1)
             with torch.no_grad():
-                probs = reference([slow[None], fast[None]])[0]
+                probs = reference([fast[None]])[0]
             top = probs.topk(5)
             assert [n for n, _ in r["top"]] == [labels[i] for i in top.indices.tolist()]
             torch.testing.assert_close(torch.tensor([p for _, p in r["top"]]), top.values, atol=1e-4, rtol=0)
