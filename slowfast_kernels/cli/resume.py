@@ -7,8 +7,9 @@ write the same lines.
 - settings: the architecture, the weights (the checkpoint's size and the SHA-256 of its first MiB, not its
   path: a moved checkpoint is the same one; None for the seeded random weights), the views (--views and any
   clip / crop counts), --size, --crop, --train-crop, --dtype, --top and the labels file (fingerprinted like
-  the checkpoint); a timeline's --window and --stride (cli/timeline.py; None, so absent, otherwise). Not settings: --device, --backend, --batch-size and --workers, which change the time and
-  the last float bits of a probability, not what is computed; a run moved from a CPU to a GPU resumes as
+  the checkpoint), and a timeline's --window and --stride (cli/timeline.py; absent from other runs' lines).
+  Not settings: --device, --backend, --batch-size and --workers, which change the time and the last float
+  bits of a probability, not what is computed; a run moved from a CPU to a GPU resumes as
   long as its --dtype is the same.
 - A rerun whose settings differ from any record in --output stops with one line naming the options that
   differ (exit 2); --overwrite starts over (the file and its part files removed), --retry-failed runs again
