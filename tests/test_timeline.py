@@ -171,6 +171,7 @@ BAD = [
     (["--window", "2", "--clips", "3"], "--clips 3: a timeline scores one clip per window"),
     (["--window", "2", "--sampling", "mmaction2"], "--sampling mmaction2: a window's frames are sampled uniformly"),
     (["--window", "2", "--ground-truth", "gt.csv"], "--ground-truth: scores one prediction per video"),
+    (["--window", "2", "--features", "f.npz"], "--features: writes one array per video; a timeline"),
     (["-"], "-: a stream must be the only input (got 2 inputs)"),
     (["--window", "2", "--overwrite"], "--overwrite: needs --output FILE"),
 ]

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "@lists; resumable; torchrun for many GPUs)", epilog=EPILOG,
                        description="Classify videos: one JSON line per video, "
                                    '{"video", "top": [[label, prob], ...], "views", "arch", "checkpoint", '
-                                   '"seconds"} or {"video", "error"} for a video that cannot be decoded. '
+                                   '"seconds"} or {"video", "error"} for a video that cannot be decoded; '
+                                   'with --features FILE.npz, "features": the key of its array in FILE. '
                                    "Under torchrun each rank takes its share of the videos.")
     p.add_argument("videos", nargs="+", metavar="PATH",
                    help="a video file, a directory (searched recursively for video files) or @LIST "
@@ -110,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-crop", type=options.positive_int, default=224, metavar="PIXELS",
                    help="the checkpoint's training crop: the head pools windows of train_crop / 32 "
                         "(224 for every released SlowFast checkpoint)")
+    p.add_argument("--features", default=None, metavar="FILE.npz",
+                   help="also write each video's features: FILE.npz (numpy.load opens it) gets one float32 array "
+                        "[views, D] per video, keyed by its real path (the line's \"features\"), D the pooled "
+                        "concat before the classifier (2304 for SlowFast R50), plus view_index [views, 2] "
+                        "(temporal clip, spatial crop of each row); written as videos finish, resumed with "
+                        "--output")
+    p.add_argument("--features-only", action="store_true",
+                   help="compute only the features (needs --features): no class scores, lines carry no \"top\"")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _common(p, 256, 256, default_device)
     test_protocol.add_arguments(p)

@@ -8,6 +8,9 @@ whichever videos they come from (a CUDA graph per batch shape on GPUs). A video'
 its last view is scored. PySlowFast's test protocol: softmax per head position (2x2 positions at a 256
 crop), averaged over positions by the model, then the probabilities averaged over the views (1, or 10
 temporal x 3 spatial). Under torchrun, rank r classifies videos r, r + N, ... of those not yet done.
+--features FILE.npz: each view's pooled concat vector (fused.logits_and_features: one backbone pass; with
+--features-only fused.features, no classifier) kept in view order, the video's [views, D] array written
+to the archive (cli/features.py) just before its line.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 
-from . import clips, options, protocol as test_protocol, resume
+from . import clips, features as feature_files, options, protocol as test_protocol, resume
 from .corpus import ResultsFile, encode, expand_inputs, read_results, video_key
 from .errors import EXIT_OK, EXIT_VIDEOS_FAILED
 from .progress import Progress
@@ -38,6 +42,7 @@ class _Video:
     scores: Optional[torch.Tensor] = None
     scored: int = 0
     failed: bool = False
+    features: List[torch.Tensor] = field(default_factory=list)  # --features: each view's concat row, in order
 
 
 class _Distributed:
@@ -123,6 +128,8 @@ class _Batcher:
 
     def __init__(self, fused, cfg, args: argparse.Namespace, device: torch.device, emit, proto) -> None:
         self.fused, self.cfg, self.args, self.device, self.emit = fused, cfg, args, device, emit
+        self.features = getattr(args, "features", None) is not None
+        self.features_only = bool(getattr(args, "features_only", False))
         self.preset = proto.preset
         self.batch = args.batch_size
         self.owners: List[_Video] = []
@@ -165,12 +172,24 @@ class _Batcher:
         n = len(self.owners) if self.device.type != "cuda" else self.batch
         inputs = [fast[:n]] if self.cfg.slow_only else [slow[:n], fast[:n]]
         started = time.perf_counter()
-        probs = self.fused(inputs).float().cpu()
+        probs = feats = None
+        if self.features_only:
+            feats = self.fused.features(inputs)["concat"]
+        elif self.features:
+            probs, feats = self.fused.logits_and_features(inputs)
+            feats = feats["concat"]
+        else:
+            probs = self.fused(inputs)
+        probs = None if probs is None else probs.float().cpu()
+        feats = None if feats is None else feats.float().cpu()
         share = (time.perf_counter() - started) / len(self.owners)  # each view's part of the forward
         for i, video in enumerate(self.owners):
             video.seconds += share
-            # the preset's ensemble: PySlowFast sums (or maxes) in view order; mean = the sum / the view count
-            video.scores = accumulate(video.scores, probs[i], self.preset.ensemble)
+            if probs is not None:
+                # the preset's ensemble: PySlowFast sums (or maxes) in view order; mean = the sum / the view count
+                video.scores = accumulate(video.scores, probs[i], self.preset.ensemble)
+            if feats is not None:
+                video.features.append(feats[i])
             video.scored += 1
             if video.scored == video.views and not video.failed:
                 self.emit(video)
@@ -190,6 +209,7 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     options.check_backend(args.backend, device)
     videos = expand_inputs(args.videos, warn=_say(dist.rank == 0))
     options.check_geometry(args, options.first_existing(videos))
+    features_path = feature_files.check_options(args)
     source = options.ModelSource.resolve(args, debug)
     options.check_top(args.top, source.num_classes)
     proto = test_protocol.resolve(args, source)
@@ -198,9 +218,14 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     output = resume.output_path(args)
     results = ResultsFile(output, dist.rank, dist.world_size) if output else None
     plan = resume.plan(args, source.arch, videos, results)  # every rank reads what is done before any writes
+    features = None
+    if features_path is not None:
+        features = feature_files.FeaturesFile(features_path, dist.rank, dist.world_size)
+        feature_files.check_resume(features, plan.settings, plan.kept,
+                                   resuming=results is not None and not plan.overwrite)
     dist.init(device)
     try:
-        return _run(args, dist, device, videos, source, labels, results, plan, sk, proto)
+        return _run(args, dist, device, videos, source, labels, results, plan, sk, proto, features)
     finally:
         dist.close()
 
@@ -209,12 +234,17 @@ def _say(rank0: bool):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank0 else (lambda msg: None)
 
 
-def _run(args, dist: _Distributed, device, videos, source, labels, results, plan, sk, proto) -> int:
+def _run(args, dist: _Distributed, device, videos, source, labels, results, plan, sk, proto, features) -> int:
     rank0 = dist.rank == 0
     say = _say(rank0)
     pending = plan.pending
     if rank0:
         plan.prepare(results)  # --overwrite, --retry-failed, a killed run's part files merged
+        if features is not None:  # the archive goes with --output: kept and resumed; without one, started over
+            if results is not None and not plan.overwrite:
+                features.prepare()
+            else:
+                features.start_over()
     dist.barrier()  # OUTPUT is ready before any rank writes
     mine = pending[dist.rank::dist.world_size]
     if results is not None and plan.message(len(videos), results.path):
@@ -225,6 +255,11 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
         say(f"warning: {RANDOM_WEIGHTS}")
     if results is not None:
         results.open()
+    if features is not None:
+        # (temporal clip, spatial crop) of each row: the order the views are packed in (clip-major, as
+        # PySlowFast and MMAction2 order their test views)
+        view_index = np.array(proto.preset.views(), dtype=np.int64).reshape(-1, 2)
+        features.open(plan.settings, {feature_files.VIEW_INDEX: view_index})
 
     torch.manual_seed(0)  # without a checkpoint, the same random weights in every rank and every run
     model = test_protocol.build_model(source, proto, args.train_crop, args.non_strict, say)
@@ -253,41 +288,53 @@ def _run(args, dist: _Distributed, device, videos, source, labels, results, plan
         bar.wrote()
 
     def emit(video: _Video) -> None:
-        scores = finalize(video.scores, video.views, proto.preset.ensemble)
-        top = scores.topk(args.top)
-        record = {"video": video.path,
-                  "top": [[labels[i], round(p, 6)] for p, i in zip(top.values.tolist(), top.indices.tolist())],
-                  "views": args.views, "arch": source.arch, "checkpoint": args.checkpoint,
-                  "seconds": round(video.seconds, 3)}
-        record.update(proto.record_fields(scores, labels))
+        record = {"video": video.path}
+        scores = None
+        if not getattr(args, "features_only", False):
+            scores = finalize(video.scores, video.views, proto.preset.ensemble)
+            top = scores.topk(args.top)
+            record["top"] = [[labels[i], round(p, 6)] for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        if features is not None:  # the array before the line: a line always has its array
+            key = video_key(video.path)
+            features.write(key, torch.stack(video.features).numpy())
+            record["features"] = key
+        record.update({"views": args.views, "arch": source.arch, "checkpoint": args.checkpoint,
+                       "seconds": round(video.seconds, 3)})
+        record.update(proto.record_fields(scores, labels) if scores is not None else proto.view_fields())
         if args.checkpoint is None:
             record["warning"] = RANDOM_WEIGHTS
         write(record)
 
     batcher = _Batcher(fused, cfg, args, device, emit, proto)
     read = _reader(proto, cfg.num_frames, sampling_rate)
-    with torch.inference_mode():
-        # Decoding runs ahead by --workers videos and clips.DECODE_AHEAD_BYTES of frames; each clip is
-        # released once its crops are packed.
-        for decoding in clips.decode_ahead(mine, read, workers=args.workers, videos_ahead=args.workers):
-            video = _Video(decoding.path, 0.0, temporal * len(spatial))
-            counted = 0.0  # decoding.seconds already in video.seconds (the decode thread adds as it goes)
-            try:
-                for clip in _decoded(decoding, video):
-                    now = decoding.seconds
-                    video.seconds, counted = video.seconds + now - counted, now
-                    frames, index = clip.frames.to(device, non_blocking=True), clip.index.to(device)
-                    for s in spatial:
-                        batcher.add(video, frames, index, s)
-                    del frames, index, clip
-            except _VideoError as exc:
-                failed += 1
-                write({"video": decoding.path, "error": _error_text(exc.__cause__)})
-        batcher.run()
+    try:
+        with torch.inference_mode():
+            # Decoding runs ahead by --workers videos and clips.DECODE_AHEAD_BYTES of frames; each clip is
+            # released once its crops are packed.
+            for decoding in clips.decode_ahead(mine, read, workers=args.workers, videos_ahead=args.workers):
+                video = _Video(decoding.path, 0.0, temporal * len(spatial))
+                counted = 0.0  # decoding.seconds already in video.seconds (the decode thread adds as it goes)
+                try:
+                    for clip in _decoded(decoding, video):
+                        now = decoding.seconds
+                        video.seconds, counted = video.seconds + now - counted, now
+                        frames, index = clip.frames.to(device, non_blocking=True), clip.index.to(device)
+                        for s in spatial:
+                            batcher.add(video, frames, index, s)
+                        del frames, index, clip
+                except _VideoError as exc:
+                    failed += 1
+                    write({"video": decoding.path, "error": _error_text(exc.__cause__)})
+            batcher.run()
+    finally:
+        if features is not None:
+            features.close()  # its central directory: the archive opens without repair
     if results is not None:
         results.close()
     dist.barrier()  # every part file is complete
     bar.close()
+    if features is not None and rank0:
+        features.merge_parts()
     if results is None:
         test_protocol.summarize(proto, scored, labels, None, say)
         return EXIT_VIDEOS_FAILED if failed else EXIT_OK

@@ -92,11 +92,14 @@ class Protocol:
                                   target_fps=self.preset.target_fps or 30, path=path) for t in range(self.clips)]
         return lambda num_video_frames, fps: [rule(num_video_frames, fps) for rule in rules]
 
+    def view_fields(self) -> dict:
+        """The preset and views of a video's line (--features-only lines: no scores, so no more)."""
+        return {"preset": self.preset.name, "clips": self.preset.clips, "crops": self.preset.crops}
+
     def record_fields(self, scores: torch.Tensor, labels: List[str]) -> dict:
         """What a video's JSON line adds: the preset and views; multi-label: the labels at or above the
         threshold; with --ground-truth: every class's score (so a resumed run can still be scored)."""
-        out = {"preset": self.preset.name, "clips": self.preset.clips, "crops": self.preset.crops,
-               "ensemble": self.preset.ensemble}
+        out = {**self.view_fields(), "ensemble": self.preset.ensemble}
         if self.preset.multi_label:
             chosen = torch.nonzero(scores >= self.threshold).flatten().tolist()
             chosen.sort(key=lambda i: -float(scores[i]))

@@ -7,10 +7,11 @@ write the same lines.
 - settings: the architecture, the weights (the checkpoint's size and the SHA-256 of its first MiB, not its
   path: a moved checkpoint is the same one; None for the seeded random weights), the views (--views and any
   clip / crop counts), --size, --crop, --train-crop, --dtype, --top and the labels file (fingerprinted like
-  the checkpoint), and a timeline's --window and --stride (cli/timeline.py; absent from other runs' lines).
-  Not settings: --device, --backend, --batch-size and --workers, which change the time and the last float
-  bits of a probability, not what is computed; a run moved from a CPU to a GPU resumes as
-  long as its --dtype is the same.
+  the checkpoint); with --features, its path (relative to --output's folder) and whether --features-only
+  (which leaves --top and the labels out); a timeline's --window and --stride (cli/timeline.py; absent
+  from other runs' lines). Not settings: --device, --backend, --batch-size and --workers, which change
+  the time and the last float bits of a probability, not what is computed; a run moved from a CPU to a GPU
+  resumes as long as its --dtype is the same.
 - A rerun whose settings differ from any record in --output stops with one line naming the options that
   differ (exit 2); --overwrite starts over (the file and its part files removed), --retry-failed runs again
   the videos that have an error line, replacing those lines.
@@ -49,6 +50,14 @@ def run_settings(args: argparse.Namespace, arch: str) -> Dict[str, object]:
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
     settings["labels"] = fingerprint(args.labels)
+    from .features import setting as features_setting
+
+    if getattr(args, "features", None) is not None:
+        settings["features"] = features_setting(args)
+    if getattr(args, "features_only", False):  # no class scores: the options that shape them do not matter
+        settings["features_only"] = True
+        for name in ("top", "labels"):
+            settings.pop(name, None)
     return settings
 
 
@@ -104,6 +113,7 @@ class ResumePlan:
     done: int = 0                           # videos of this run with a record kept
     retry: Set[str] = field(default_factory=set)  # keys of the error lines to replace
     overwrite: bool = False
+    kept: List[dict] = field(default_factory=list)  # the records of those `done` videos
 
     def message(self, total: int, output: str) -> Optional[str]:
         if self.overwrite:
@@ -138,7 +148,7 @@ def plan(args: argparse.Namespace, arch: str, videos: List[str], results: Option
                          f"settings ({_differences(other[0].get('settings'), settings)}); give the same options, "
                          "another --output, or --overwrite to start over")
     retry_failed = bool(getattr(args, "retry_failed", False))
-    pending, done, retry = [], 0, set()
+    pending, kept, retry = [], [], set()
     for video in videos:
         record = records.get(video_key(video))
         if record is None:
@@ -147,5 +157,5 @@ def plan(args: argparse.Namespace, arch: str, videos: List[str], results: Option
             pending.append(video)
             retry.add(video_key(video))
         else:
-            done += 1
-    return ResumePlan(settings, pending, done, retry)
+            kept.append(record)
+    return ResumePlan(settings, pending, len(kept), retry, kept=kept)

@@ -454,6 +454,10 @@ def _window_arg(args: argparse.Namespace, live: bool) -> None:
                          "--sampling out of a timeline")
     if args.ground_truth is not None:
         raise UsageError("--ground-truth: scores one prediction per video; a timeline has one per window")
+    if getattr(args, "features", None) is not None or getattr(args, "features_only", False):
+        flag = "--features" if getattr(args, "features", None) is not None else "--features-only"
+        raise UsageError(f"{flag}: writes one array per video; a timeline (--window, or a stream) does not write "
+                         "per-window features")
 
 
 def run(args: argparse.Namespace, debug: bool) -> int:
