@@ -11,6 +11,7 @@ unique timestamps: other streams are decoded from the start.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -289,3 +290,74 @@ def read_all(path, who: str = "read_video") -> Tuple[torch.Tensor, float]:
         return torch.from_numpy(np.stack(frames)), s.fps or 0.0
     finally:
         s.close()
+
+
+# ----------------------------------------------------------------------------------------------- in order
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_stream(path) -> bool:
+    """"-" (standard input) or a URL with a scheme (rtsp://, udp://, tcp://, http://, ...): a live input,
+    read in order, frame count unknown. file:// URLs are files."""
+    text = os.fspath(path) if not isinstance(path, str) else path
+    return text == "-" or (bool(_SCHEME.match(text)) and not text.lower().startswith("file://"))
+
+
+class LiveStream:
+    """A live input PyAV can open: stdin ("-", read as ffmpeg's pipe:0) or a URL. Frames come in decoding
+    order, numbered from the first one decoded; num_frames is None (unknown until the end), fps the
+    codec's frame rate (else the stream's average, guessed or base rate), None when the stream gives none."""
+
+    num_frames = None
+
+    def __init__(self, url: str, who: str = "classify"):
+        self.path, self.who = url, who
+        self.av = import_av()
+        self.errors = (self.av.error.FFmpegError, OSError, ValueError)
+        try:
+            self.container = self.av.open("pipe:0" if url == "-" else url)
+        except self.errors as exc:
+            name = "standard input" if url == "-" else url
+            raise VideoDecodeError(f"{who}: {name}: cannot open the stream ({exc})") from exc
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoDecodeError(f"{who}: {url}: the stream has no video")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        rate = (self.stream.codec_context.framerate or self.stream.average_rate or self.stream.guessed_rate
+                or self.stream.base_rate)
+        self.fps = float(rate) if rate else None
+
+    def frames(self, first: int = 0, seek: bool = False) -> Iterator[Tuple[int, "object"]]:
+        """(frame number, av.VideoFrame) in order, every frame (first and seek are Stream's; a stream is never
+        sought)."""
+        try:
+            for number, frame in enumerate(self.container.decode(self.stream)):
+                yield number, frame
+        except self.errors as exc:
+            raise VideoDecodeError(f"{self.who}: {self.path}: decoding the stream failed ({exc})") from exc
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class RGB:
+    """av.VideoFrame -> uint8 [H, W, 3] RGB through one swscale context kept from frame to frame (to_ndarray
+    builds one per frame: 2.6 ms for a 32x32 frame on the 2-core machine, against 0.08 ms); equal pixels."""
+
+    def __init__(self) -> None:
+        self._reformatter = None
+
+    def __call__(self, frame) -> np.ndarray:
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
+def open_in_order(path, who: str = "classify"):
+    """A source of every frame in order, each decoded once: a LiveStream for "-" and URLs, else a Stream
+    (frame count and fps known from the demuxer). Both have .fps, .num_frames, .frames(0, False), .close()."""
+    return LiveStream(path, who) if is_stream(path) else Stream(path, who)

@@ -83,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Under torchrun each rank takes its share of the videos.")
     p.add_argument("videos", nargs="+", metavar="PATH",
                    help="a video file, a directory (searched recursively for video files) or @LIST "
-                        "(a text file, one path a line)")
+                        "(a text file, one path a line); - or a URL (rtsp://, udp://, tcp://, http://, ...): a "
+                        "live stream, classified as a timeline (--window)")
+    p.add_argument("--window", type=options.positive_seconds, default=None, metavar="SEC",
+                   help="a timeline: one JSON line per window of SEC seconds sliding over the video, each frame "
+                        "decoded once, memory bounded by the window (default for streams: the model's training "
+                        "clip, num_frames x sampling rate / 30 fps: 2.13 s for R50 8x8)")
+    p.add_argument("--stride", type=options.positive_seconds, default=None, metavar="SEC",
+                   help="seconds between the starts of consecutive windows (default: --window)")
     p.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="append the JSON lines to FILE; videos already in it are skipped, so a stopped run "
                         "resumes; a FILE made with other settings is refused (default, or -: stdout)")

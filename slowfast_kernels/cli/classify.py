@@ -197,6 +197,10 @@ class _Batcher:
 
 
 def run(args: argparse.Namespace, debug: bool) -> int:
+    from . import timeline
+
+    if timeline.wanted(args):  # --window / --stride, or a stream: one line per window (cli/timeline.py)
+        return timeline.run(args, debug)
     import slowfast_kernels as sk
 
     dist = _Distributed()

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from .._decode import is_stream
 from .errors import UsageError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -30,8 +31,9 @@ def _stderr(message: str) -> None:
 
 
 def video_key(path: str) -> str:
-    """The identity of a video, whatever its spelling: its absolute path with symlinks resolved."""
-    return os.path.realpath(path)
+    """The identity of a video, whatever its spelling: its absolute path with symlinks resolved (a stream,
+    "-" or a URL, is itself)."""
+    return path if is_stream(path) else os.path.realpath(path)
 
 
 def record_key(record: dict) -> str:
@@ -42,10 +44,13 @@ def expand_inputs(items: Iterable[str], warn: Callable[[str], None] = _stderr) -
     """Video paths, in order, each once (by video_key): a file as given, a directory's video files
     (recursively, sorted; symlinks followed, a directory reached twice searched once), the lines of an
     @list file (blank lines and # comments skipped; a relative entry is relative to the list's folder;
-    entries are checked when decoded)."""
+    entries are checked when decoded). "-" (standard input) and URLs (rtsp://, udp://, ...) pass through
+    untouched: they are live streams (cli/timeline.py)."""
     videos: List[str] = []
     for item in items:
-        if item.startswith("@"):
+        if is_stream(item):
+            videos.append(item)
+        elif item.startswith("@"):
             videos.extend(_read_list(item[1:]))
         elif os.path.isdir(item):
             found = _walk(item, warn)

@@ -8,9 +8,10 @@ write the same lines.
   path: a moved checkpoint is the same one; None for the seeded random weights), the views (--views and any
   clip / crop counts), --size, --crop, --train-crop, --dtype, --top and the labels file (fingerprinted like
   the checkpoint); with --features, its path (relative to --output's folder) and whether --features-only
-  (which leaves --top and the labels out). Not settings: --device, --backend, --batch-size and --workers,
-  which change the time and the last float bits of a probability, not what is computed; a run moved from a
-  CPU to a GPU resumes as long as its --dtype is the same.
+  (which leaves --top and the labels out); a timeline's --window and --stride (cli/timeline.py; absent
+  from other runs' lines). Not settings: --device, --backend, --batch-size and --workers, which change
+  the time and the last float bits of a probability, not what is computed; a run moved from a CPU to a GPU
+  resumes as long as its --dtype is the same.
 - A rerun whose settings differ from any record in --output stops with one line naming the options that
   differ (exit 2); --overwrite starts over (the file and its part files removed), --retry-failed runs again
   the videos that have an error line, replacing those lines.
@@ -27,7 +28,8 @@ from .corpus import ResultsFile, video_key
 from .errors import UsageError
 
 # Options that change what a record holds; the ones a parser does not have are left out.
-RESULT_OPTIONS = ("views", "clips", "crops", "ensemble", "size", "crop", "train_crop", "dtype", "top")
+RESULT_OPTIONS = ("views", "clips", "crops", "ensemble", "size", "crop", "train_crop", "dtype", "top", "window",
+                  "stride")
 # 1 MiB: the pickle and the first tensors of a checkpoint, hashed in 1.6 ms on a 2-core CPU (a whole 280 MB
 # R101 file would take ~0.5 s per run).
 _FINGERPRINT_BYTES = 1 << 20
