@@ -100,7 +100,13 @@ def test_pt2_of_the_fused_model(model, tmp_path, dtype):
         assert check.tolerance == 2 * check.reference_rel_error
     program = torch.export.load(str(path))
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert any(o.startswith("slowfast_kernels.") for o in ops), "the program should hold the library's fused ops"
+    from slowfast_kernels import cpu_isa
+
+    if dtype == torch.bfloat16 and not cpu_isa.current().native_bf16:
+        # no AVX512_BF16 / AMX-BF16: fuse runs bf16 convs as eager ones (the reference backend, with a warning)
+        assert any("convolution" in o for o in ops), ops
+    else:
+        assert any(o.startswith("slowfast_kernels.") for o in ops), "the program should hold the library's fused ops"
     slow, fast = E.example_inputs(model, 3, SIZE, seed=3)
     with torch.no_grad():
         got = program.module()(slow, fast)

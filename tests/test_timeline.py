@@ -163,6 +163,41 @@ def test_timeline_matches_the_reference_and_resumes(videos, tmp_path, capsys):
     assert "--stride 1.0 there, 2.0 now" in err and err.count("\n") == 1
 
 
+
+def test_timeline_features_match_the_reference(videos, tmp_path, capsys):
+    """--features in a timeline: one [crops, D] array per window, key VIDEO@k, equal to the reference model's
+    features of the window's crops; --features-only writes the same arrays and lines without "top"."""
+    import numpy as np
+
+    five_s, _ = videos
+    model, ckpt = _checkpoint(tmp_path)
+    common = ["classify", str(five_s), "--window", "2", "--stride", "1.5", "--crops", "3", "--checkpoint", str(ckpt),
+              "--size", "32", "--crop", "32", "--train-crop", "32", "--device", "cpu", "--dtype", "float32",
+              "--batch-size", "2", "--no-progress"]  # 3 crops in batches of 2: a window's rows span batches
+    assert main([*common, "--features", str(tmp_path / "f.npz"), "--output", str(tmp_path / "a.jsonl")]) == 0
+    assert main([*common, "--features", str(tmp_path / "g.npz"), "--features-only"]) == 0
+    lines = json_lines(capsys.readouterr().out)
+    windows = [r for r in json_lines((tmp_path / "a.jsonl").read_text()) if "window" in r]
+    assert [r["window"] for r in windows] == [0, 1, 2] == [r["window"] for r in lines if "window" in r]
+    assert all("top" not in r and r["features"] == w["features"] for r, w in zip(lines, windows))
+    reference = R.build_model("slow_r50_8x8", train_crop=32).eval()
+    reference.load_state_dict(model.state_dict())
+    spans = timeline.Windows(8, 2.0, 1.5, 8, total=40)
+    with np.load(tmp_path / "f.npz") as f, np.load(tmp_path / "g.npz") as g:
+        assert f["view_index"].tolist() == [[0, 0], [0, 1], [0, 2]]
+        for r in windows:
+            assert r["features"] == f"{five_s.resolve()}@{r['window']}"
+            clip = io.read_video(five_s, frame_index=lambda v, fps, k=r["window"]: spans.indices(k))
+            with torch.no_grad():
+                expected = torch.cat([reference.features([sk.pack_pathways_ref(
+                    clip.frames, clip.index, 1, size=32, crop=32, spatial_idx=s)[1][None]])["concat"]
+                    for s in range(3)])
+            got = torch.from_numpy(f[r["features"]])
+            assert got.shape == (3, 2048)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+            np.testing.assert_array_equal(g[r["features"]], f[r["features"]])
+
+
 BAD = [
     (["--window", "0"], "argument --window: expected a positive number of seconds, got 0"),
     (["--window", "nan"], "argument --window: expected a positive number of seconds, got nan"),
@@ -171,7 +206,7 @@ BAD = [
     (["--window", "2", "--clips", "3"], "--clips 3: a timeline scores one clip per window"),
     (["--window", "2", "--sampling", "mmaction2"], "--sampling mmaction2: a window's frames are sampled uniformly"),
     (["--window", "2", "--ground-truth", "gt.csv"], "--ground-truth: scores one prediction per video"),
-    (["--window", "2", "--features", "f.npz"], "--features: writes one array per video; a timeline"),
+    (["--window", "2", "--features-only"], "--features-only: needs --features FILE.npz"),
     (["-"], "-: a stream must be the only input (got 2 inputs)"),
     (["--window", "2", "--overwrite"], "--overwrite: needs --output FILE"),
 ]

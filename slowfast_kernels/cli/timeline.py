@@ -32,7 +32,7 @@ from typing import Callable, Counter, Dict, List, NamedTuple, Optional, Set, Tup
 import numpy as np
 import torch
 
-from . import options, protocol as test_protocol, resume
+from . import features as feature_files, options, protocol as test_protocol, resume
 from .classify import RANDOM_WEIGHTS, _Batcher, _Distributed, _error_text, _VideoError
 from .clips import DECODE_AHEAD_BYTES
 from .corpus import ResultsFile, encode, expand_inputs, record_key, video_key
@@ -317,15 +317,20 @@ class _Window:
     scores: Optional[torch.Tensor] = None
     scored: int = 0
     failed: bool = False
-    features: Optional[Dict[str, torch.Tensor]] = None
+    features: List[torch.Tensor] = field(default_factory=list)  # --features: each crop's concat row, in order
 
 
 class _WindowBatcher(_Batcher):
     """classify's batcher with windows as the owners of the views, and one place where a batch is run."""
 
-    def forward(self, inputs) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]:
-        """(the head's probabilities [N, classes], per-row feature vectors or None). A per-window feature
-        output takes both from one pass: self.fused.logits_and_features(inputs)."""
+    def forward(self, inputs) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(the head's probabilities [N, classes] or None with --features-only, the concat feature rows
+        [N, D] or None without --features): one backbone pass either way."""
+        if self.features_only:
+            return None, self.fused.features(inputs)["concat"]
+        if self.features:
+            probs, feats = self.fused.logits_and_features(inputs)
+            return probs, feats["concat"]
         return self.fused(inputs), None
 
     def run(self) -> None:
@@ -336,13 +341,15 @@ class _WindowBatcher(_Batcher):
         inputs = [fast[:n]] if self.cfg.slow_only else [slow[:n], fast[:n]]
         started = time.perf_counter()
         probs, features = self.forward(inputs)
-        probs = probs.float().cpu()
+        probs = None if probs is None else probs.float().cpu()
+        features = None if features is None else features.float().cpu()
         share = (time.perf_counter() - started) / len(self.owners)
         for i, window in enumerate(self.owners):
             window.seconds += share
-            window.scores = accumulate(window.scores, probs[i], self.preset.ensemble)
+            if probs is not None:
+                window.scores = accumulate(window.scores, probs[i], self.preset.ensemble)
             if features is not None:
-                window.features = {name: v[i].float().cpu() for name, v in features.items()}
+                window.features.append(features[i])
             window.scored += 1
             if window.scored == window.views:
                 self.emit(window)
@@ -454,10 +461,12 @@ def _window_arg(args: argparse.Namespace, live: bool) -> None:
                          "--sampling out of a timeline")
     if args.ground_truth is not None:
         raise UsageError("--ground-truth: scores one prediction per video; a timeline has one per window")
-    if getattr(args, "features", None) is not None or getattr(args, "features_only", False):
-        flag = "--features" if getattr(args, "features", None) is not None else "--features-only"
-        raise UsageError(f"{flag}: writes one array per video; a timeline (--window, or a stream) does not write "
-                         "per-window features")
+
+
+def feature_key(path: str, k: int) -> str:
+    """The archive key of window k's array: the video's key (its real path; a stream's name as given) and
+    the window number, e.g. /data/match.mp4@12."""
+    return f"{video_key(path)}@{k}"
 
 
 def run(args: argparse.Namespace, debug: bool) -> int:
@@ -477,6 +486,7 @@ def run(args: argparse.Namespace, debug: bool) -> int:
         raise UsageError(f"{streams[0]}: a stream must be the only input (got {len(videos)} inputs)")
     live = bool(streams)
     _window_arg(args, live)
+    features_path = feature_files.check_options(args)
     if live and args.retry_failed:
         raise UsageError(f"--retry-failed: {streams[0]} is a stream, which is not resumed")
     options.check_geometry(args, options.first_existing(videos))
@@ -493,6 +503,10 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     output = resume.output_path(args)
     results = ResultsFile(output) if output else None
     p = plan(args, source.arch, videos, results, live)
+    features = None
+    if features_path is not None:
+        features = feature_files.FeaturesFile(features_path)
+        feature_files.check_resume(features, p.settings, (), resuming=results is not None and not p.overwrite)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if results is not None:
         if p.overwrite:
@@ -508,6 +522,14 @@ def run(args: argparse.Namespace, debug: bool) -> int:
         say(f"warning: {RANDOM_WEIGHTS}")
     if not p.pending:
         return EXIT_OK
+    if features is not None:  # as classify's: kept and resumed with --output, started over without one
+        if results is not None and not p.overwrite:
+            features.prepare()
+        else:
+            features.start_over()
+        # each window's array has a row per spatial crop: (temporal clip 0, crop)
+        features.open(p.settings, {feature_files.VIEW_INDEX: np.array([[0, s] for s in proto.crop_indices],
+                                                                      dtype=np.int64).reshape(-1, 2)})
     if results is not None:
         results.open()
     torch.manual_seed(0)  # without a checkpoint, the same random weights as classify's
@@ -517,14 +539,16 @@ def run(args: argparse.Namespace, debug: bool) -> int:
     fused = sk.fuse(model.to(device), dtype=options.DTYPES[args.dtype], backend=args.backend)
     del model
     try:
-        failed = _run(args, device, p, fused, cfg, source, labels, results, proto, live, say)
+        failed = _run(args, device, p, fused, cfg, source, labels, results, proto, live, say, features)
     finally:
         if results is not None:
             results.close()
+        if features is not None:
+            features.close()
     return EXIT_VIDEOS_FAILED if failed else EXIT_OK
 
 
-def _run(args, device, p: _Plan, fused, cfg, source, labels, results, proto, live: bool, say) -> int:
+def _run(args, device, p: _Plan, fused, cfg, source, labels, results, proto, live: bool, say, features) -> int:
     settings = p.settings
 
     def write(record: dict) -> None:
@@ -556,12 +580,18 @@ def _run(args, device, p: _Plan, fused, cfg, source, labels, results, proto, liv
         tl.pending -= 1
         tl.seconds += window.seconds
         if tl.error is None:
-            scores = finalize(window.scores, window.views, proto.preset.ensemble)
-            top = scores.topk(args.top)
-            record = {"video": tl.path, "window": clip.k, "start": round(clip.start, 6), "end": round(clip.end, 6),
-                      "top": [[labels[i], round(v, 6)] for v, i in zip(top.values.tolist(), top.indices.tolist())],
-                      "arch": source.arch, "checkpoint": args.checkpoint}
-            record.update(proto.record_fields(scores, labels))
+            record = {"video": tl.path, "window": clip.k, "start": round(clip.start, 6), "end": round(clip.end, 6)}
+            scores = None
+            if not args.features_only:
+                scores = finalize(window.scores, window.views, proto.preset.ensemble)
+                top = scores.topk(args.top)
+                record["top"] = [[labels[i], round(v, 6)] for v, i in zip(top.values.tolist(), top.indices.tolist())]
+            if features is not None:  # the array before the line: a line always has its array
+                key = feature_key(tl.path, clip.k)
+                features.write(key, torch.stack(window.features).numpy())
+                record["features"] = key
+            record.update({"arch": source.arch, "checkpoint": args.checkpoint})
+            record.update(proto.record_fields(scores, labels) if scores is not None else proto.view_fields())
             if live:
                 record["dropped"] = clip.k - tl.last_k - 1  # windows skipped since the previous line
             if args.checkpoint is None:
