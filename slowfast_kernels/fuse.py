@@ -154,7 +154,8 @@ class FusedSlowFast(nn.Module):
     dtype is chosen by fuse(model, dtype=...).
 
     Runners are kept for the last `max_cached_shapes` input signatures (set_max_cached_shapes); on CPU a
-    signature that pushes one out also returns the buffer cache's idle blocks (sized for the old shapes).
+    signature that pushes one out also returns the buffer cache's idle blocks (sized for the old shapes, and
+    the pushed-out packed weights) and the C heap's free pages to the system (plan.release_cpu_buffers).
     Copies, pickles and torch.save drop every runner; they are rebuilt at the next forward.
     """
 
@@ -188,15 +189,20 @@ class FusedSlowFast(nn.Module):
         self.set_max_cached_shapes(max_cached_shapes)
 
     def set_max_cached_shapes(self, n: int) -> None:
-        """Keep the runners of the last n input signatures (n >= 1; fuse's max_cached_shapes)."""
+        """Keep the runners of the last n input signatures (n >= 1; fuse's max_cached_shapes). Runners beyond
+        the new bound are dropped and their memory returned to the system (release_cpu_buffers)."""
         self.max_cached_shapes = check_max_cached_shapes(n, "FusedSlowFast")
         self._signatures: "collections.OrderedDict[tuple, None]" = collections.OrderedDict()
+        dropped = False
         for m in self.modules():
             if isinstance(m, FoldedConv):
                 m.max_cached_shapes = n
                 for runners in m._runners.values():
                     while len(runners) > n:
                         runners.popitem(last=False)
+                        dropped = True
+        if dropped:
+            release_cpu_buffers()
 
     def reset(self) -> None:
         """Forget every prepared runner (after editing weights in place; load_state_dict and .to() reset)."""
@@ -235,20 +241,23 @@ class FusedSlowFast(nn.Module):
                 raise ValueError(f"inputs[{name}]: is on {t.device}, the fused model on {device}: move the input "
                                  f"(.to('{device}')) or fuse the model for that device (fuse(model, device=...))")
 
-    def _note_signature(self, inputs: Sequence[torch.Tensor]) -> None:
-        """Track the recent input signatures; one pushed out frees the CPU buffer cache's idle blocks (their
-        sizes are the old shape's: kept, a stream of mixed shapes would hold up to the cache's 4 GB bound)."""
+    def _note_signature(self, inputs: Sequence[torch.Tensor]) -> bool:
+        """Track the recent input signatures; returns whether one was pushed out. Then the CPU buffer cache's
+        idle blocks are freed before the forward (their sizes are the old shape's: kept, a stream of mixed
+        shapes would hold up to the cache's 4 GB bound), and again after it (the pushed-out runners' packed
+        weights, freed during the forward, land in the cache), with the C heap trimmed (plan.trim_heap)."""
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         with self._signatures_lock:
             if key in self._signatures:
                 self._signatures.move_to_end(key)
-                return
+                return False
             self._signatures[key] = None
             evicted = len(self._signatures) > self.max_cached_shapes
             while len(self._signatures) > self.max_cached_shapes:
                 self._signatures.popitem(last=False)
         if evicted:
-            release_cpu_buffers()
+            release_cpu_buffers(trim=False)  # the forward reuses the heap's free memory; trimmed after it
+        return evicted
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype=self.dtype).contiguous(memory_format=CL)
@@ -300,11 +309,15 @@ class FusedSlowFast(nn.Module):
         if not cpu or torch.compiler.is_compiling():
             with torch.no_grad():
                 return after_backbone(self.backbone(inputs))
-        self._note_signature(inputs)
+        evicted = self._note_signature(inputs)
         # One finiteness check per input here spares every oneDNN ReLU layer its own (plan: NaN and inf).
         finite = all(all_finite(t) for t in inputs)
-        with torch.no_grad(), reuse_cpu_buffers(), inputs_known_finite(finite):
-            return after_backbone(self.backbone(inputs))
+        try:
+            with torch.no_grad(), reuse_cpu_buffers(), inputs_known_finite(finite):
+                return after_backbone(self.backbone(inputs))
+        finally:
+            if evicted:  # the pushed-out runners' packed weights were freed into the cache during this forward
+                release_cpu_buffers()
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         return self._run(inputs, self.head)

@@ -20,7 +20,8 @@ used first out; default DEFAULT_MAX_CACHED_SHAPES, fuse(..., max_cached_shapes=N
 depend on the input shape (the Winograd transformed filters, the small-C_in kernel's weight) is prepared
 once per layer, dtype and device and shared by every shape's runner; oneDNN's packed weights are per shape
 (oneDNN picks the packing for the input size it is given), so they are what the bound bounds: up to one
-copy of the model's conv weights per cached signature (R50: ~130 MB fp32).
+copy of the model's conv weights per cached signature (R50: ~130 MB fp32). The fused model returns what an
+eviction frees to the system (release_cpu_buffers, trim_heap).
 
 NaN and inf propagate as in eager PyTorch: our kernels' ReLU keeps NaN, and oneDNN's ReLU post-op (which
 drops it) runs only on inputs known to be finite; otherwise oneDNN runs the conv alone and torch's relu_
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import contextvars
 import threading
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -353,11 +355,45 @@ def reuse_cpu_buffers() -> Iterator[bool]:
         _buffer_cache_users.exit()
 
 
-def release_cpu_buffers() -> int:
-    """Free the CPU buffer cache's idle blocks; returns the bytes released."""
+def release_cpu_buffers(trim: bool = True) -> int:
+    """Free the CPU buffer cache's idle blocks and, with trim, return the C heap's free pages to the system
+    (trim_heap); returns the bytes the cache released."""
     if _ext.LOAD_ERROR is not None:
         return 0
-    return int(torch.ops.slowfast_kernels.cpu_buffer_cache_clear())
+    freed = int(torch.ops.slowfast_kernels.cpu_buffer_cache_clear())
+    if trim:
+        trim_heap()
+    return freed
+
+
+def _find_malloc_trim() -> Optional[Callable[[int], int]]:
+    """glibc's malloc_trim, or None (another C library, or no C library reachable through ctypes)."""
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def trim_heap() -> bool:
+    """Return the C heap's free pages to the system (glibc's malloc_trim(0); False where there is none).
+
+    Why: glibc raises its mmap threshold to the size of a freed mmapped block (up to 32 MB), so after the
+    first large free, packed weights and buffers of up to 32 MB come from the heap, and freeing them leaves
+    free pages inside it that glibc does not give back. A fused model cycling through more input shapes
+    than it caches then grew its RSS shape after shape (R50 8x8, 2 cached, 12 shapes cycled: +65 MB over
+    the 24 forwards after the first cycle, the heap's free bytes 5 -> 335 MB). The fused model calls this
+    after a forward in which a new input signature pushed an old one out (the evicted runners are freed by
+    then): one call walks the heap's free chunks, ~10-30 ms measured on a loaded 2-core machine (see
+    DESIGN.md, "The fused model over its lifetime")."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 def check_max_cached_shapes(n, who: str) -> int:
