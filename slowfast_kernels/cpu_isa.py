@@ -91,6 +91,12 @@ def current() -> CpuIsa:
     return _override if _override is not None else _detect()
 
 
+@torch.compiler.assume_constant_result
+def tier() -> str:
+    """current().tier, a constant for torch.compile (reading /proc/cpuinfo is not traceable)."""
+    return current().tier
+
+
 @contextlib.contextmanager
 def override(isa: CpuIsa) -> Iterator[CpuIsa]:
     """Within: the plan's CPU rules see ``isa`` instead of this machine's CPU (tests of the rules)."""

@@ -32,6 +32,8 @@ def runnable(backend, dtype=torch.float32):
     why = backend_unavailable_reason(backend, torch.device("cpu"), "conv3d_bn_act" if backend == "cpu" else None)
     if why is None and backend == "cpu" and dtype == torch.float16 and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
         why = "oneDNN has no float16 convolution on this CPU"
+    if why is None and backend == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        why = "oneDNN has no bfloat16 convolution on this CPU (needs avx512bw/avx512_bf16)"
     return why
 
 

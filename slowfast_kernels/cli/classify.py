@@ -126,6 +126,8 @@ def _error_text(exc: BaseException) -> str:
 class _Batcher:
     """Views packed into slots of one preallocated (slow, fast) batch; a forward when it is full."""
 
+    emit_failed = False  # an owner whose packing failed is not emitted (its line is the error line)
+
     def __init__(self, fused, cfg, args: argparse.Namespace, device: torch.device, emit, proto) -> None:
         self.fused, self.cfg, self.args, self.device, self.emit = fused, cfg, args, device, emit
         self.features = getattr(args, "features", None) is not None
@@ -165,6 +167,16 @@ class _Batcher:
         if len(self.owners) == self.batch:
             self.run()
 
+    def forward(self, inputs) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(the head's probabilities [N, classes], or None with --features-only; the concat feature rows
+        [N, D], or None without --features): one backbone pass either way."""
+        if self.features_only:
+            return None, self.fused.features(inputs)["concat"]
+        if self.features:
+            probs, feats = self.fused.logits_and_features(inputs)
+            return probs, feats["concat"]
+        return self.fused(inputs), None
+
     def run(self) -> None:
         if not self.owners:
             return
@@ -172,27 +184,20 @@ class _Batcher:
         n = len(self.owners) if self.device.type != "cuda" else self.batch
         inputs = [fast[:n]] if self.cfg.slow_only else [slow[:n], fast[:n]]
         started = time.perf_counter()
-        probs = feats = None
-        if self.features_only:
-            feats = self.fused.features(inputs)["concat"]
-        elif self.features:
-            probs, feats = self.fused.logits_and_features(inputs)
-            feats = feats["concat"]
-        else:
-            probs = self.fused(inputs)
+        probs, feats = self.forward(inputs)
         probs = None if probs is None else probs.float().cpu()
         feats = None if feats is None else feats.float().cpu()
         share = (time.perf_counter() - started) / len(self.owners)  # each view's part of the forward
-        for i, video in enumerate(self.owners):
-            video.seconds += share
+        for i, owner in enumerate(self.owners):
+            owner.seconds += share
             if probs is not None:
                 # the preset's ensemble: PySlowFast sums (or maxes) in view order; mean = the sum / the view count
-                video.scores = accumulate(video.scores, probs[i], self.preset.ensemble)
+                owner.scores = accumulate(owner.scores, probs[i], self.preset.ensemble)
             if feats is not None:
-                video.features.append(feats[i])
-            video.scored += 1
-            if video.scored == video.views and not video.failed:
-                self.emit(video)
+                owner.features.append(feats[i])
+            owner.scored += 1
+            if owner.scored == owner.views and (self.emit_failed or not owner.failed):
+                self.emit(owner)
         self.owners = []  # the buffers stay: the next batch packs into the same memory (no fresh pages)
 
 

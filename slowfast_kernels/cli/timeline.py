@@ -38,7 +38,7 @@ from .clips import DECODE_AHEAD_BYTES
 from .corpus import ResultsFile, encode, expand_inputs, record_key, video_key
 from .errors import EXIT_OK, EXIT_VIDEOS_FAILED, UsageError
 from .. import _decode
-from ..scoring import accumulate, finalize
+from ..scoring import finalize
 
 # A window's span in seconds rounds to frames at this many decimals of a frame: 0.1 s x 30 fps is 3 frames,
 # not 3.0000000000000004 (-> 4).
@@ -321,39 +321,10 @@ class _Window:
 
 
 class _WindowBatcher(_Batcher):
-    """classify's batcher with windows as the owners of the views, and one place where a batch is run."""
+    """classify's batcher with windows as the owners of the views. A window whose packing failed is still
+    emitted once its packed crops are scored: emit() counts it off its timeline (whose line is the error)."""
 
-    def forward(self, inputs) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(the head's probabilities [N, classes] or None with --features-only, the concat feature rows
-        [N, D] or None without --features): one backbone pass either way."""
-        if self.features_only:
-            return None, self.fused.features(inputs)["concat"]
-        if self.features:
-            probs, feats = self.fused.logits_and_features(inputs)
-            return probs, feats["concat"]
-        return self.fused(inputs), None
-
-    def run(self) -> None:
-        if not self.owners:
-            return
-        slow, fast = self.buffers
-        n = len(self.owners) if self.device.type != "cuda" else self.batch
-        inputs = [fast[:n]] if self.cfg.slow_only else [slow[:n], fast[:n]]
-        started = time.perf_counter()
-        probs, features = self.forward(inputs)
-        probs = None if probs is None else probs.float().cpu()
-        features = None if features is None else features.float().cpu()
-        share = (time.perf_counter() - started) / len(self.owners)
-        for i, window in enumerate(self.owners):
-            window.seconds += share
-            if probs is not None:
-                window.scores = accumulate(window.scores, probs[i], self.preset.ensemble)
-            if features is not None:
-                window.features.append(features[i])
-            window.scored += 1
-            if window.scored == window.views:
-                self.emit(window)
-        self.owners = []
+    emit_failed = True
 
 
 # ----------------------------------------------------------------------------------------------- resume

@@ -43,7 +43,7 @@ def small_cin_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> 
     amx (an Intel Xeon with AMX): the Fast stem 57-65 ms here against 53 ms in oneDNN: oneDNN.
     avx2 / default (no AVX-512: the portable loop; an AMD EPYC with AVX2 only, 1 thread, loaded machine,
     medians of 15): the Fast stem at 224 3780 ms here against 200 ms in oneDNN: oneDNN."""
-    if cpu_isa.current().tier not in SMALL_CIN_TIERS:
+    if cpu_isa.tier() not in SMALL_CIN_TIERS:
         return False
     return supports(x, weight_shape, stride, padding, dilation) is None and weight_shape[0] <= 16
 

@@ -76,7 +76,7 @@ def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
     the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
-    least = WINOGRAD_MIN_CHANNELS.get(cpu_isa.current().tier)
+    least = WINOGRAD_MIN_CHANNELS.get(cpu_isa.tier())
     return least is not None and c_in >= least and c_out >= least
 
 
