@@ -34,10 +34,13 @@ from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem
 
 from .ops.conv3d_bn_act_maxpool import MAX_SMALL_CIN, conv3d_bn_act_maxpool
 from .ops.conv3d_bn_act_maxpool import resolve_backend as resolve_stem_backend
+from .ops.conv3d_bn_act import resolve_backend
+from .ops.conv3d_stem_amx import conv3d_stem_amx, stem_amx_precision
+from .ops.conv3d_stem_amx import supports as stem_amx_supports
 from .ops.lateral_fuse import lateral_fuse
 from .backends import BackendUnavailable
-from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, _triple, all_finite, check_max_cached_shapes,
-                   inputs_known_finite, release_cpu_buffers, reuse_cpu_buffers)
+from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, _inputs_finite, _triple, all_finite,
+                   check_max_cached_shapes, inputs_known_finite, release_cpu_buffers, reuse_cpu_buffers)
 
 CL = torch.channels_last_3d
 
@@ -75,6 +78,26 @@ class FusedStem(nn.Module):
             return conv3d_bn_act_maxpool(x, conv.weight, conv.bias, conv.stride, conv.padding, activation="relu",
                                          pool_kernel=k, pool_stride=s, pool_padding=p, backend=conv.backend)
         return torch.nn.functional.max_pool3d(conv.run(x), k, s, p)
+
+    def amx(self, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The stem (conv, ReLU, pool) of the raw input x for a model of `dtype` in one AMX pass
+        (ops/conv3d_stem_amx.py), or None where it does not run: no AMX, a dtype or shape its rule leaves to
+        oneDNN, a backend other than the CPU one, tracing, or inputs not known to be finite (the kernel's
+        zero weight columns would turn an inf into NaN)."""
+        conv = self.conv
+        if x.device.type != "cpu" or torch.compiler.is_compiling() or _inputs_finite.get() is not True:
+            return None
+        if resolve_backend(conv.backend, "cpu", dtype) != "cpu":
+            return None
+        precision = stem_amx_precision(dtype, conv.weight.shape)
+        if precision is None or stem_amx_supports(x, conv.weight.shape, conv.stride, conv.padding,
+                                                  conv.dilation) is not None:
+            return None
+        k, s, p = self.pool_args
+        if k[0] != 1 or s[0] != 1 or p[0] != 0 or k[1] != k[2] or s[1] != s[2] or p[1] != p[2] or 2 * p[1] > k[1]:
+            return None
+        return conv3d_stem_amx(x, conv.weight, conv.bias, conv.stride, conv.padding, pool_kernel=k, pool_stride=s,
+                               pool_padding=p, activation="relu", precision=precision)
 
 
 class FusedResBlock(nn.Module):
@@ -262,16 +285,21 @@ class FusedSlowFast(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype=self.dtype).contiguous(memory_format=CL)
 
+    def _stem(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Pathway i's stem on its raw input: the AMX kernel where it runs (it reads x as given), else x cast
+        to the model dtype and channels_last_3d, then the stem's conv and pool."""
+        y = self.stems[i].amx(x, self.dtype)
+        return y if y is not None else self.stems[i](self._prepare(x))
+
     def backbone(self, inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Each pathway's res5 output (NDHWC, the model's dtype), from already checked inputs."""
         if self.slow_only:
-            x = self.stems[0](self._prepare(inputs[0]))
+            x = self._stem(0, inputs[0])
             for stage in self.stages:
                 x = stage[0](x)
             return [x]
-        slow_in, fast = (self._prepare(t) for t in inputs)
-        fast = self.stems[1](fast)
-        x = self.laterals[0](self.stems[0](slow_in), fast)
+        fast = self._stem(1, inputs[1])
+        x = self.laterals[0](self._stem(0, inputs[0]), fast)
         for lateral, (slow_stage, fast_stage) in zip(self.laterals[1:], self.stages[:3]):  # res2..res4
             fast = fast_stage(fast)
             x = lateral(slow_stage(x), fast)

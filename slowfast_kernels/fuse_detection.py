@@ -45,6 +45,7 @@ class FusedSlowFastDetector(nn.Module):
 
     # The backbone runs exactly as FusedSlowFast's (same attributes: stems, stages, laterals).
     _prepare = FusedSlowFast._prepare
+    _stem = FusedSlowFast._stem
     backbone = FusedSlowFast.backbone
 
     def reset(self) -> None:

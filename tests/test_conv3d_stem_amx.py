@@ -1,0 +1,156 @@
+"""conv3d_stem_amx (the stems on AMX-BF16 tiles, pool fused): against conv3d + max_pool3d in float64 on odd
+shapes and layouts, both precisions, bf16 input; the fused model's stems take it where the rule says; bad
+input. Runs only on a CPU with AMX-BF16 (skipped with the reason elsewhere: the kernel cannot run there)."""
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import slowfast_reference as R
+import slowfast_kernels as sk
+from slowfast_kernels import _ext
+from slowfast_kernels.ops.conv3d_stem_amx import amx_available, conv3d_stem_amx, stem_amx_precision
+
+pytestmark = [
+    pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason="the kernel is part of the C++ extension"),
+    pytest.mark.skipif(_ext.LOAD_ERROR is None and not amx_available(),
+                       reason="needs a CPU with AMX-BF16 tiles (an Intel Xeon 4th gen or later); this one has none"),
+]
+CL = torch.channels_last_3d
+POOL = ((1, 3, 3), (1, 2, 2), (0, 1, 1))
+
+# (N, C_in, T, H, W, C_out, kernel, stride, padding, pool)
+SHAPES = [
+    (2, 3, 7, 37, 45, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3), POOL),   # Fast stem, odd sizes, 2 output frames a pass
+    (1, 3, 3, 37, 45, 64, (1, 7, 7), (1, 2, 2), (0, 3, 3), POOL),  # Slow stem, 4 column tiles
+    (1, 3, 2, 19, 70, 20, (1, 7, 7), (1, 2, 2), (0, 3, 3), POOL),  # C_out 20: column tiles padded to 32
+    (1, 1, 5, 9, 11, 5, (3, 5, 5), (1, 2, 2), (0, 0, 2), None),    # C_in 1, C_out 5 (3 frames a pass), no pool
+    (1, 4, 4, 13, 33, 16, (3, 3, 3), (1, 1, 1), (1, 1, 1), None),  # C_in 4, stride 1
+    (1, 2, 3, 12, 17, 4, (1, 5, 5), (1, 2, 2), (0, 2, 2), ((1, 2, 2), (1, 2, 2), (0, 1, 1))),  # another pool
+]
+IDS = ["fast_stem", "slow_stem", "cout20", "cin1_nopool", "cin4_s1", "pool2"]
+
+
+def _case(shape, layout, dtype=torch.float32, seed=0):
+    n, cin, t, h, w, cout, k, s, p, pool = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, t, h, w, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    elif layout == "strided":
+        x = torch.randn(n, cin, t, h, 2 * w, generator=g)[..., ::2]
+    weight = torch.randn(cout, cin, *k, generator=g) / (cin * k[0] * k[1] * k[2]) ** 0.5
+    bias = torch.randn(cout, generator=g)
+    return x.to(dtype), weight, bias, s, p, pool
+
+
+def _reference(x, weight, bias, s, p, pool, activation, dtype):
+    y = F.conv3d(x.to(dtype), weight.to(dtype), bias.to(dtype), s, p)
+    y = y.relu() if activation == "relu" else y
+    return F.max_pool3d(y, *pool) if pool else y
+
+
+def _run(x, weight, bias, s, p, pool, activation, precision):
+    kw = dict(zip(("pool_kernel", "pool_stride", "pool_padding"), pool)) if pool else {}
+    return conv3d_stem_amx(x, weight, bias, s, p, activation=activation, precision=precision, **kw)
+
+
+def _rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("activation", ["relu", "none"])
+@pytest.mark.parametrize("layout", ["ncdhw", "channels_last", "strided"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_bf16_matches_conv3d(shape, layout, activation):
+    x, weight, bias, s, p, pool = _case(shape, layout)
+    y = _run(x, weight, bias, s, p, pool, activation, "bf16")
+    oracle = _reference(x, weight, bias, s, p, pool, activation, torch.float64)
+    eager_bf16 = _reference(x, weight, bias, s, p, pool, activation, torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and y.shape == oracle.shape and y.is_contiguous(memory_format=CL)
+    # bf16 tolerance: twice eager bf16's own error against float64 (floored at 2^-8, one bf16 rounding)
+    assert _rel(y, oracle) <= max(2 * _rel(eager_bf16, oracle), 2 ** -8)
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "strided"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_bf16x3_has_float32_accuracy(shape, layout):
+    x, weight, bias, s, p, pool = _case(shape, layout)
+    y = _run(x, weight, bias, s, p, pool, "relu", "bf16x3")
+    oracle = _reference(x, weight, bias, s, p, pool, "relu", torch.float64)
+    assert y.dtype == torch.float32 and y.shape == oracle.shape
+    # Three bf16 products drop x_lo * w_lo (~2^-16 relative per term): measured 3-5e-6 on these shapes,
+    # float32 conv3d 2e-7 to 1e-6; the bound is 2e-5, five times tighter than the fused model's 1e-4.
+    assert _rel(y, oracle) <= 2e-5
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=IDS[:2])
+def test_bf16_input_reads_as_given(shape):
+    x, weight, bias, s, p, pool = _case(shape, "ncdhw", dtype=torch.bfloat16)
+    y = _run(x, weight, bias, s, p, pool, "relu", "bf16")
+    oracle = _reference(x.double(), weight, bias, s, p, pool, "relu", torch.float64)
+    eager_bf16 = _reference(x, weight, bias, s, p, pool, "relu", torch.bfloat16)
+    assert _rel(y, oracle) <= max(2 * _rel(eager_bf16, oracle), 2 ** -8)
+
+
+def test_the_rule():
+    assert stem_amx_precision(torch.bfloat16, (64, 3, 1, 7, 7)) == "bf16"
+    assert stem_amx_precision(torch.float32, (8, 3, 5, 7, 7)) == "bf16x3"
+    assert stem_amx_precision(torch.float32, (64, 3, 1, 7, 7)) is None  # oneDNN as fast
+    assert stem_amx_precision(torch.float16, (8, 3, 5, 7, 7)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_model_stems_take_it(dtype, monkeypatch):
+    fuse_module = sys.modules["slowfast_kernels.fuse"]  # (the package's `fuse` is the function)
+
+    torch.manual_seed(0)
+    model = R.slowfast_r50_8x8().eval()
+    inputs = R.pack_pathways(torch.rand(1, 3, 8, 40, 40), 4)
+    fused = sk.fuse(model, dtype=dtype)
+    calls = []
+
+    def spy(x, weight, *args, **kwargs):
+        calls.append(tuple(weight.shape))
+        return conv3d_stem_amx(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(fuse_module, "conv3d_stem_amx", spy)
+    with torch.inference_mode():
+        out = fused(inputs)
+    expected = [(8, 3, 5, 7, 7), (64, 3, 1, 7, 7)] if dtype == torch.bfloat16 else [(8, 3, 5, 7, 7)]
+    assert calls == expected
+    with torch.inference_mode():
+        oracle = model.double()([t.double() for t in inputs])
+        eager = model.to(dtype)([t.to(dtype) for t in inputs]).double()
+    tol = 1e-4 if dtype == torch.float32 else 2 * _rel(eager, oracle)
+    assert _rel(out, oracle) <= tol
+
+
+def test_non_finite_inputs_take_onednn():
+    """The kernel would turn an inf into NaN through a zero weight column: the fused model routes them away."""
+    torch.manual_seed(0)
+    model = R.slowfast_r50_8x8().eval()
+    inputs = R.pack_pathways(torch.rand(1, 3, 8, 40, 40), 4)
+    inputs[1][0, 0, 3, 5, 5] = float("inf")
+    fused = sk.fuse(model, dtype=torch.float32)
+    with torch.inference_mode():
+        got, want = fused(inputs), model(inputs)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(precision="fp8"), "precision must be one of"),
+    (dict(stride=(2, 2, 2)), "needs stride \\(1, s, s\\)"),
+    (dict(x=torch.randn(1, 5, 4, 16, 16)), "needs a 5-d x and 1 to 4 input channels"),
+    (dict(x=torch.randn(1, 3, 4, 16, 16).half()), "needs float32 or bfloat16"),
+    (dict(pool_kernel=(3, 3, 3), pool_stride=(1, 2, 2), pool_padding=(0, 1, 1)), "pool: expected kernel \\(1, k, k\\)"),
+])
+def test_bad_input(change, message):
+    args = dict(x=torch.randn(1, 3, 4, 16, 16), weight=torch.randn(8, 3, 3, 7, 7), bias=torch.randn(8),
+                stride=(1, 2, 2), padding=(1, 3, 3), pool_kernel=(1, 3, 3), pool_stride=(1, 2, 2),
+                pool_padding=(0, 1, 1), precision="bf16")
+    args.update(change)
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        conv3d_stem_amx(args.pop("x"), args.pop("weight"), args.pop("bias"), args.pop("stride"), args.pop("padding"),
+                        **args)
