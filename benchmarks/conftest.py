@@ -71,7 +71,10 @@ def machine_info() -> dict:
 def machine_tag() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).name.split()[-1].lower()
-    return f"cpu{os.cpu_count()}"
+    # an AMX CPU's figures are kept apart from the AVX-512 machine's (cpu2-*.json)
+    from slowfast_kernels import cpu_isa
+
+    return f"cpu{os.cpu_count()}" + ("-amx" if cpu_isa.tier() == "amx" else "")
 
 
 def record_extra(case, impl, result, suite="bench_model", peer=None, flops=None, **extra):
