@@ -187,6 +187,70 @@ class CudnnConv2D:
             return y if residual is None else y.add_(residual)
 
 
+class TimeGemmConv:
+    """A Kx1x1 conv (K odd; stride 1, padding ((K-1)/2, 0, 0), dilation 1) on a channels_last_3d input as K GEMMs
+    over the [N, T*H*W, C] view (torch.mm -> oneDNN's matmul, AMX tiles in bf16): output frame t gets
+    x[t + k - p] @ W_k; a tap whose frame lies outside [0, T) is left out (zero padding). Bias in the first
+    GEMM, then residual add and NaN-propagating ReLU.
+
+    On AMX in bf16 (2 cores, batch 1, timed inside the R50 8x8 forward, its warm caches) oneDNN's matmul
+    runs the Slow pathway's wide temporal convs faster than its conv (3x1x1 or the (3, 1) 2D view):
+    1024->256 3x1x1 at 8x14x14 1.58 -> 1.07 ms (x5), 1024->512 3.29 -> 2.40 ms, 512->256 at 8x28x28
+    3.49 -> 2.76 ms (lateral as residual). The 1x1 convs (256->64 at 8x56x56: 0.54 vs 0.85 ms), the Fast
+    pathway's (64->16 3x1x1 at 32x28x28: 0.22 vs 0.49 ms) and the 392-row 2048->512 layers (microbenchmark
+    0.93x) stay on oneDNN's conv: see time_gemm_wins. Taps accumulate in x's dtype: one
+    extra bf16 rounding per tap."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], padding, activation: str,
+                 x: torch.Tensor) -> None:
+        self.pad, self.activation = int(padding[0]), activation
+        # W_k as [C_in, C_out] (the GEMM's right operand), one per tap.
+        self.taps = [weight[:, :, k, 0, 0].t().to(dtype=x.dtype).contiguous() for k in range(weight.shape[2])]
+        self.bias = None if bias is None else bias.to(dtype=x.dtype).contiguous()
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                 residual_is_scratch: bool = False) -> torch.Tensor:
+        n, c, t, h, w = x.shape
+        hw, co = h * w, self.taps[0].shape[1]
+        xv = x.permute(0, 2, 3, 4, 1).reshape(n, t * hw, c)  # a view of channels_last_3d memory
+        y = torch.empty(n, t * hw, co, dtype=x.dtype, device=x.device)
+        for i in range(n):
+            xi, yi = xv[i], y[i]
+            centre = self.taps[self.pad]  # covers every output frame
+            if self.bias is None:
+                torch.mm(xi, centre, out=yi)
+            else:
+                torch.addmm(self.bias, xi, centre, out=yi)
+            for k, wk in enumerate(self.taps):
+                d = k - self.pad
+                t0, t1 = max(0, -d), min(t, t - d)
+                if d == 0 or t1 <= t0:
+                    continue
+                yi[t0 * hw:t1 * hw].addmm_(xi[(t0 + d) * hw:(t1 + d) * hw], wk)
+        out = y.view(n, t, h, w, co).permute(0, 4, 1, 2, 3)  # [N, C_out, T, H, W], channels_last_3d
+        if residual is not None:
+            out.add_(residual)
+        return out.relu_() if self.activation == "relu" else out
+
+
+def time_gemm_supports(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
+    """TimeGemmConv computes this conv: CPU, channels_last_3d x, Kx1x1 kernel with K odd, stride 1, padding
+    ((K-1)/2, 0, 0) (T kept), dilation 1."""
+    k = weight_shape[2]
+    return (x.device.type == "cpu" and _view2d_ok(x) and tuple(weight_shape[3:]) == (1, 1) and k % 2 == 1
+            and padding[0] == (k - 1) // 2
+            and tuple(stride) == (1, 1, 1) and tuple(padding[1:]) == (0, 0) and tuple(dilation) == (1, 1, 1))
+
+
+def time_gemm_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
+    """The plan's rule (measured, see TimeGemmConv): AMX tier, bf16, a temporal kernel (K > 1),
+    C_in >= max(512, C_out), T*H*W >= 1024."""
+    from .cpu_isa import tier
+    c_out, c_in = weight_shape[0], weight_shape[1]
+    return (x.dtype == torch.bfloat16 and time_gemm_supports(x, weight_shape, stride, padding, dilation)
+            and weight_shape[2] > 1 and c_in >= max(512, c_out) and x.shape[2] * x.shape[3] * x.shape[4] >= 1024 and tier() == "amx")
+
+
 def _shared(cache: Optional[Dict[tuple, torch.Tensor]], key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     """make() once per key in cache (a layer's shape-independent prepared weights), or every time without one."""
     if cache is None:
@@ -257,10 +321,11 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
     several input shapes hold one copy.
 
     variant: "3d", "2d" (View2D, where view2d_kind allows it), "winograd" (CPU 1x3x3 convs by F(4x4, 3x3)),
-    "winograd_time" (CPU 3x1x1 convs by F(4, 3)) or "auto": on CUDA the faster of 3d and 2d by one
-    bounded measurement per layer shape (two cuDNN calls timed, cached by slowfast_kernels.tuning: on the
-    H200 the 2D view of the Fast pathway's small-channel layers ran up to 2x faster or slower than conv3d
-    depending on the layer); on CPU the temporal views (measured faster for every such layer); else 3D.
+    "winograd_time" (CPU 3x1x1 convs by F(4, 3)), "time_gemm" (CPU Kx1x1 convs as K GEMMs, TimeGemmConv) or
+    "auto": on CUDA the faster of 3d and 2d by one bounded measurement per layer shape (two cuDNN calls timed,
+    cached by slowfast_kernels.tuning: on the H200 the 2D view of the Fast pathway's small-channel layers ran
+    up to 2x faster or slower than conv3d depending on the layer); on CPU TimeGemmConv where time_gemm_wins (AMX, bf16), else the temporal views
+    (measured faster for every such layer); else 3D.
     """
     chosen = resolve_backend(backend, str(x.device), x.dtype)
     geometry = (weight, bias, stride, padding, dilation, activation)
@@ -279,6 +344,13 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
                              f"input and a 3x1x1 kernel with stride 1 and padding (1, 0, 0) (got "
                              f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)})")
         return WinogradTimeConv(*geometry, x, shared)
+    if variant == "time_gemm":
+        if chosen != "cpu" or not time_gemm_supports(x, weight.shape, stride, padding, dilation):
+            raise ValueError(f"make_runner: variant 'time_gemm' needs the cpu backend (got {chosen!r}), a "
+                             f"channels_last_3d input and a Kx1x1 kernel (K odd) with stride 1, padding "
+                             f"((K-1)/2, 0, 0) and dilation 1 (got {tuple(weight.shape[2:])}, stride {tuple(stride)}, padding "
+                             f"{tuple(padding)}, dilation {tuple(dilation)})")
+        return TimeGemmConv(weight, bias, padding, activation, x)
     if variant == "winograd":
         if chosen != "cpu" or not winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype):
             raise ValueError(f"make_runner: variant 'winograd' needs the cpu backend (got {chosen!r}), a float32 "
@@ -291,6 +363,8 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
             return WinogradConv(weight, bias, activation, shared=shared)
         if winograd_time_wins(x, weight.shape, stride, padding, dilation):
             return WinogradTimeConv(*geometry, x, shared)
+        if time_gemm_wins(x, weight.shape, stride, padding, dilation):
+            return TimeGemmConv(weight, bias, padding, activation, x)
     if chosen == "cpu":
         # oneDNN runs a temporal Kx1x1 conv faster as the (K, 1) 2D conv over [N, C, T, H*W] (2 cores, fp32,
         # batch 1: Slow 1024->256 3x1x1 at 8x14x14 8.86 -> 6.53 ms, 1280->512 22.3 -> 16.4 ms; every temporal

@@ -70,6 +70,23 @@ def test_winograd_rules_by_isa():
             assert winograd_time_wins(x, (256, 1024, 3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1))
 
 
+def test_time_gemm_rule_by_isa():
+    """The Slow pathway's wide temporal convs go to TimeGemmConv on AMX in bf16 only (fitted there)."""
+    from slowfast_kernels.plan import time_gemm_wins
+
+    geometry = ((1, 1, 1), (1, 0, 0), (1, 1, 1))
+    x = torch.randn(1, 1024, 8, 14, 14).bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    for isa in (AMD_AVX512, INTEL_AMX, AVX2, PLAIN):
+        with cpu_isa.override(isa):
+            assert time_gemm_wins(x, (256, 1024, 3, 1, 1), *geometry) is (isa is INTEL_AMX), isa.tier
+    with cpu_isa.override(INTEL_AMX):
+        assert not time_gemm_wins(x.float(), (256, 1024, 3, 1, 1), *geometry)      # fp32: oneDNN's conv
+        assert not time_gemm_wins(x, (256, 1024, 1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1))  # 1x1: oneDNN
+        assert not time_gemm_wins(x[:, :256], (64, 256, 3, 1, 1), *geometry)        # narrow: oneDNN
+        assert not time_gemm_wins(x[..., :7, :7], (512, 1024, 3, 1, 1), *geometry)  # 392 rows: oneDNN
+        assert not time_gemm_wins(x.contiguous(), (256, 1024, 3, 1, 1), *geometry)  # NCDHW: no view
+
+
 @NATIVE
 def test_plan_stem_runner_follows_the_isa():
     """The fused model's Fast stem layer (plan.FoldedConv) takes the runner its CPU's rule names."""

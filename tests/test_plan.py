@@ -37,7 +37,7 @@ def _truth(x, weight, bias, s, p, d, residual, activation):
 
 
 @NATIVE
-@pytest.mark.parametrize("variant", ["3d", "2d", "winograd", "winograd_time"])
+@pytest.mark.parametrize("variant", ["3d", "2d", "winograd", "winograd_time", "time_gemm"])
 @pytest.mark.parametrize("residual,scratch", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("activation", ["relu", "none"])
 @pytest.mark.parametrize("shape,kind", SHAPES, ids=[f"{s[6]}s{s[7][1]}t{s[7][0]}" for s, _ in SHAPES])
@@ -49,7 +49,9 @@ def test_cpu_runner_matches_conv3d(shape, kind, variant, residual, scratch, acti
             make_runner(weight, bias, s, p, d, activation, x, "cpu", variant="2d")
         return
     needs = {"winograd": ((1, 3, 3), (1, 1, 1), (0, 1, 1)), "winograd_time": ((3, 1, 1), (1, 1, 1), (1, 0, 0))}
-    if variant in needs and (tuple(weight.shape[2:]), s, p) != needs[variant]:
+    k = tuple(weight.shape[2:])
+    time_gemm_ok = k[1:] == (1, 1) and k[0] % 2 == 1 and s == (1, 1, 1) and p == ((k[0] - 1) // 2, 0, 0)
+    if variant in needs and (k, s, p) != needs[variant] or variant == "time_gemm" and not time_gemm_ok:
         with pytest.raises(ValueError, match=f"variant '{variant}' needs"):
             make_runner(weight, bias, s, p, d, activation, x, "cpu", variant=variant)
         return
@@ -71,9 +73,35 @@ def test_cpu_runner_in_low_precision_within_eager_error():
     bound = 2 * (eager.double() - truth).abs().max().item() + 1e-6
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("oneDNN has no bfloat16 convolution on this CPU")
-    for variant in ("3d", "2d"):
+    for variant in ("3d", "2d", "time_gemm"):
         y = make_runner(weight, bias, s, p, d, "relu", xb, "cpu", variant=variant)(xb)
         assert (y.double() - truth).abs().max().item() <= bound
+
+
+def test_time_gemm_on_odd_shapes_in_bf16_with_residual_and_nan():
+    """TimeGemmConv (K GEMMs over the [N, T*H*W, C] view) against float64: batch 2, odd T/H/W, K = 1, 3, 5,
+    without bias; a NaN in x reaches exactly the output frames whose taps read it, through the ReLU."""
+    for n, cin, t, h, w, cout, kt in ((2, 32, 5, 3, 7, 24, 3), (1, 16, 3, 5, 5, 16, 1), (3, 8, 7, 2, 3, 40, 5)):
+        g = torch.Generator().manual_seed(kt)
+        x = torch.randn(n, cin, t, h, w, generator=g).bfloat16().contiguous(memory_format=CL)
+        weight = (torch.randn(cout, cin, kt, 1, 1, generator=g) / (cin * kt) ** 0.5).bfloat16().float()
+        r = torch.randn(n, cout, t, h, w, generator=g).bfloat16().contiguous(memory_format=CL)
+        runner = make_runner(weight, None, (1, 1, 1), (kt // 2, 0, 0), (1, 1, 1), "relu", x, "cpu",
+                             variant="time_gemm")
+        truth = _truth(x.float(), weight, torch.zeros(cout), (1, 1, 1), (kt // 2, 0, 0), (1, 1, 1), r.float(),
+                       "relu")
+        y = runner(x, r)
+        assert y.shape == truth.shape and y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=CL)
+        # each of the kt partial sums and the residual add round to bf16 (relative 2^-9 each): bounded by the
+        # sum of absolute terms, conv(|x|, |W|) + |r|, times 2^-8 per rounding (a 2x margin)
+        scale = torch.nn.functional.conv3d(x.double().abs(), weight.double().abs(), None, 1, (kt // 2, 0, 0))
+        bound = 2 ** -8 * (kt + 1) * (scale + r.double().abs())
+        assert ((y.double() - truth).abs() <= bound).all()
+        x_nan = x.clone()
+        x_nan[0, 0, t // 2, 0, 0] = float("nan")
+        y = runner(x_nan, r)
+        frames = [f for f in range(t) if abs(f - t // 2) <= kt // 2]
+        assert y[0, :, frames, 0, 0].isnan().all() and y.isnan().sum() == cout * len(frames)
 
 
 def test_reference_backend_runner_and_2d_refusal():
