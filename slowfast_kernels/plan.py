@@ -41,7 +41,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from . import _ext, tuning
+from . import _ext, cpu_isa, tuning
 from .ops.conv3d_bn_act import conv3d_bn_act, fold_bn, layout_of, resolve_backend
 from .ops.conv3d_small_cin import conv3d_small_cin, small_cin_wins
 from .ops.conv3d_winograd import WinogradConv, winograd_supports, winograd_wins
@@ -188,8 +188,8 @@ class CudnnConv2D:
 
 
 class TimeGemmConv:
-    """A Kx1x1 conv (K odd; stride 1, padding ((K-1)/2, 0, 0), dilation 1) on a channels_last_3d input as K GEMMs
-    over the [N, T*H*W, C] view (torch.mm -> oneDNN's matmul, AMX tiles in bf16): output frame t gets
+    """A Kx1x1 conv (K odd; stride 1, padding ((K-1)/2, 0, 0), dilation 1) on a channels_last_3d input as K
+    GEMMs over the [N, T*H*W, C] view (torch.mm -> oneDNN's matmul, AMX tiles in bf16): output frame t gets
     x[t + k - p] @ W_k; a tap whose frame lies outside [0, T) is left out (zero padding). Bias in the first
     GEMM, then residual add and NaN-propagating ReLU.
 
@@ -198,8 +198,8 @@ class TimeGemmConv:
     1024->256 3x1x1 at 8x14x14 1.58 -> 1.07 ms (x5), 1024->512 3.29 -> 2.40 ms, 512->256 at 8x28x28
     3.49 -> 2.76 ms (lateral as residual). The 1x1 convs (256->64 at 8x56x56: 0.54 vs 0.85 ms), the Fast
     pathway's (64->16 3x1x1 at 32x28x28: 0.22 vs 0.49 ms) and the 392-row 2048->512 layers (microbenchmark
-    0.93x) stay on oneDNN's conv: see time_gemm_wins. Taps accumulate in x's dtype: one
-    extra bf16 rounding per tap."""
+    0.93x) stay on oneDNN's conv: see time_gemm_wins. Taps accumulate in x's dtype: one extra bf16
+    rounding per tap."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], padding, activation: str,
                  x: torch.Tensor) -> None:
@@ -214,9 +214,9 @@ class TimeGemmConv:
         hw, co = h * w, self.taps[0].shape[1]
         xv = x.permute(0, 2, 3, 4, 1).reshape(n, t * hw, c)  # a view of channels_last_3d memory
         y = torch.empty(n, t * hw, co, dtype=x.dtype, device=x.device)
+        centre = self.taps[self.pad]  # the one tap that covers every output frame
         for i in range(n):
             xi, yi = xv[i], y[i]
-            centre = self.taps[self.pad]  # covers every output frame
             if self.bias is None:
                 torch.mm(xi, centre, out=yi)
             else:
@@ -245,10 +245,10 @@ def time_gemm_supports(x: torch.Tensor, weight_shape, stride, padding, dilation)
 def time_gemm_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
     """The plan's rule (measured, see TimeGemmConv): AMX tier, bf16, a temporal kernel (K > 1),
     C_in >= max(512, C_out), T*H*W >= 1024."""
-    from .cpu_isa import tier
-    c_out, c_in = weight_shape[0], weight_shape[1]
-    return (x.dtype == torch.bfloat16 and time_gemm_supports(x, weight_shape, stride, padding, dilation)
-            and weight_shape[2] > 1 and c_in >= max(512, c_out) and x.shape[2] * x.shape[3] * x.shape[4] >= 1024 and tier() == "amx")
+    c_out, c_in, k = weight_shape[:3]
+    rows = x.shape[2] * x.shape[3] * x.shape[4]
+    return (x.dtype == torch.bfloat16 and k > 1 and c_in >= max(512, c_out) and rows >= 1024
+            and time_gemm_supports(x, weight_shape, stride, padding, dilation) and cpu_isa.tier() == "amx")
 
 
 def _shared(cache: Optional[Dict[tuple, torch.Tensor]], key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -324,8 +324,8 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
     "winograd_time" (CPU 3x1x1 convs by F(4, 3)), "time_gemm" (CPU Kx1x1 convs as K GEMMs, TimeGemmConv) or
     "auto": on CUDA the faster of 3d and 2d by one bounded measurement per layer shape (two cuDNN calls timed,
     cached by slowfast_kernels.tuning: on the H200 the 2D view of the Fast pathway's small-channel layers ran
-    up to 2x faster or slower than conv3d depending on the layer); on CPU TimeGemmConv where time_gemm_wins (AMX, bf16), else the temporal views
-    (measured faster for every such layer); else 3D.
+    up to 2x faster or slower than conv3d depending on the layer); on CPU TimeGemmConv where time_gemm_wins
+    (AMX, bf16), else the temporal views (measured faster for every such layer); else 3D.
     """
     chosen = resolve_backend(backend, str(x.device), x.dtype)
     geometry = (weight, bias, stride, padding, dilation, activation)
@@ -348,8 +348,8 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
         if chosen != "cpu" or not time_gemm_supports(x, weight.shape, stride, padding, dilation):
             raise ValueError(f"make_runner: variant 'time_gemm' needs the cpu backend (got {chosen!r}), a "
                              f"channels_last_3d input and a Kx1x1 kernel (K odd) with stride 1, padding "
-                             f"((K-1)/2, 0, 0) and dilation 1 (got {tuple(weight.shape[2:])}, stride {tuple(stride)}, padding "
-                             f"{tuple(padding)}, dilation {tuple(dilation)})")
+                             f"((K-1)/2, 0, 0) and dilation 1 (got {tuple(weight.shape[2:])}, stride "
+                             f"{tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)})")
         return TimeGemmConv(weight, bias, padding, activation, x)
     if variant == "winograd":
         if chosen != "cpu" or not winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype):

@@ -82,8 +82,11 @@ def test_time_gemm_rule_by_isa():
     with cpu_isa.override(INTEL_AMX):
         assert not time_gemm_wins(x.float(), (256, 1024, 3, 1, 1), *geometry)      # fp32: oneDNN's conv
         assert not time_gemm_wins(x, (256, 1024, 1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1))  # 1x1: oneDNN
-        assert not time_gemm_wins(x[:, :256], (64, 256, 3, 1, 1), *geometry)        # narrow: oneDNN
-        assert not time_gemm_wins(x[..., :7, :7], (512, 1024, 3, 1, 1), *geometry)  # 392 rows: oneDNN
+        narrow = x[:, :256].contiguous(memory_format=torch.channels_last_3d)
+        assert time_gemm_wins(narrow, (256, 256, 3, 1, 1), *geometry) is False      # C_in < 512: oneDNN
+        small = x[..., :7, :7].contiguous(memory_format=torch.channels_last_3d)
+        assert time_gemm_wins(small, (512, 1024, 3, 1, 1), *geometry) is False      # 392 rows: oneDNN
+        assert time_gemm_wins(x, (512, 1024, 3, 1, 1), *geometry)                   # 1568 rows: the GEMMs
         assert not time_gemm_wins(x.contiguous(), (256, 1024, 3, 1, 1), *geometry)  # NCDHW: no view
 
 

@@ -51,7 +51,7 @@ def test_cpu_runner_matches_conv3d(shape, kind, variant, residual, scratch, acti
     needs = {"winograd": ((1, 3, 3), (1, 1, 1), (0, 1, 1)), "winograd_time": ((3, 1, 1), (1, 1, 1), (1, 0, 0))}
     k = tuple(weight.shape[2:])
     time_gemm_ok = k[1:] == (1, 1) and k[0] % 2 == 1 and s == (1, 1, 1) and p == ((k[0] - 1) // 2, 0, 0)
-    if variant in needs and (k, s, p) != needs[variant] or variant == "time_gemm" and not time_gemm_ok:
+    if (variant in needs and (k, s, p) != needs[variant]) or (variant == "time_gemm" and not time_gemm_ok):
         with pytest.raises(ValueError, match=f"variant '{variant}' needs"):
             make_runner(weight, bias, s, p, d, activation, x, "cpu", variant=variant)
         return
