@@ -197,22 +197,29 @@ SFK_AMX void pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t 
   }
 }
 
-// Where each C tile column goes: its bias, its offset in a ring row ([tp][wo][co]: tp * Wo * Co + co, for
-// pixel 0), and which columns are real (the last tile's may be padding).
+// Where each C tile column goes: its bias, and the tile's runs of columns of one output frame of the pass.
+// Column n is frame tp = n / Co, channel n % Co, at ring offset tp * Wo * Co + n % Co (pixel 0), i.e.
+// n + tp * (Wo - 1) * Co: the lanes of one frame are consecutive in the ring row, so a tile pixel's
+// columns go out as one masked store per frame it spans (one for TP = 1, TP for Co < 16) instead of a
+// scatter. Padding columns are in no run.
 struct Columns {
   std::vector<float> bias_v;
-  std::vector<int32_t> offset_v;
-  std::vector<__mmask16> valid_v;
+  std::vector<__mmask16> run_mask;   // [tile][run]
+  std::vector<int32_t> run_shift;    // [tile][run]: tp * (Wo - 1) * Co
+  std::vector<int32_t> runs;         // [tile]
   const float* bias;
-  const int32_t* offset;
-  const __mmask16* valid;
-  Columns(const Geometry& g, const float* b) : bias_v(g.ncols, 0.0f), offset_v(g.ncols, 0), valid_v(g.ntiles, 0) {
+  Columns(const Geometry& g, const float* b)
+      : bias_v(g.ncols, 0.0f), run_mask(g.ntiles * kTileCols, 0), run_shift(g.ntiles * kTileCols, 0),
+        runs(g.ntiles, 0) {
     for (int64_t n = 0; n < g.TP * g.Co; ++n) {
       bias_v[n] = b[n % g.Co];
-      offset_v[n] = static_cast<int32_t>((n / g.Co) * g.Wo * g.Co + n % g.Co);
-      valid_v[n / kTileCols] |= __mmask16(1u << (n % kTileCols));
+      const int64_t nt = n / kTileCols, tp = n / g.Co;
+      const int32_t shift = static_cast<int32_t>(tp * (g.Wo - 1) * g.Co);
+      int32_t& r = runs[nt];
+      if (r == 0 || run_shift[nt * kTileCols + r - 1] != shift) run_shift[nt * kTileCols + r++] = shift;
+      run_mask[nt * kTileCols + r - 1] |= __mmask16(1u << (n % kTileCols));
     }
-    bias = bias_v.data(), offset = offset_v.data(), valid = valid_v.data();
+    bias = bias_v.data();
   }
 };
 
@@ -269,14 +276,16 @@ SFK_AMX void conv_row(const Geometry& g, int64_t r, int64_t hp0, const uint16_t*
         const int64_t m = m0 + (nb == 1 ? i : i / 2), nt = n0 + (nb == 1 ? 0 : i % 2);
         if (m >= g.mtiles || nt >= g.ntiles) continue;
         const __m512 b = _mm512_loadu_ps(cols.bias + nt * kTileCols);
-        const __m512i at = _mm512_loadu_si512(cols.offset + nt * kTileCols);
-        const __mmask16 valid = cols.valid[nt];
+        const __mmask16* run_mask = cols.run_mask.data() + nt * kTileCols;
+        const int32_t* run_shift = cols.run_shift.data() + nt * kTileCols;
+        const int32_t runs = cols.runs[nt];
         const __m512 zero = _mm512_setzero_ps();
         const int64_t px_end = std::min(kTileRows, g.Wo - m * kTileRows);
         for (int64_t px = 0; px < px_end; ++px) {
           __m512 v = _mm512_add_ps(_mm512_load_ps(staged[i] + px * kTileCols), b);
           if (relu) v = _mm512_max_ps(zero, v);  // the second operand when either is NaN: NaN stays, as torch.relu
-          _mm512_mask_i32scatter_ps(ring + (m * kTileRows + px) * g.Co, valid, at, v, 4);
+          float* at = ring + (m * kTileRows + px) * g.Co + nt * kTileCols;
+          for (int32_t j = 0; j < runs; ++j) _mm512_mask_storeu_ps(at + run_shift[j], run_mask[j], v);
         }
       }
     }
