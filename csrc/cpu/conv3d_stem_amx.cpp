@@ -329,6 +329,21 @@ struct PoolWindow {
 
 SFK_AMX void pool_columns(const Geometry& g, const PoolWindow& win, const float* vmax, float* out) {
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  if (g.Co % kTileCols == 0) {
+    // Whole 16-lane chunks of one pooled pixel: its window's pixels are plain loads, no gathers.
+    for (int64_t wq = 0; wq < g.Wq; ++wq) {
+      const int64_t w0 = std::max<int64_t>(0, wq * g.ps - g.pp), w1 = std::min(g.Wo, wq * g.ps - g.pp + g.pk);
+      for (int64_t c0 = 0; c0 < g.Co; c0 += kTileCols) {
+        __m512 acc = ninf;
+        for (int64_t wo = w0; wo < w1; ++wo) {
+          const __m512 v = _mm512_loadu_ps(vmax + wo * g.Co + c0);
+          acc = _mm512_mask_mov_ps(_mm512_max_ps(v, acc), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);  // NaN kept
+        }
+        _mm512_storeu_ps(out + wq * g.Co + c0, acc);
+      }
+    }
+    return;
+  }
   for (int64_t ch = 0; ch < win.chunks; ++ch) {
     __m512 acc = ninf;
     for (int64_t j = 0; j < g.pk; ++j) {
@@ -340,12 +355,14 @@ SFK_AMX void pool_columns(const Geometry& g, const PoolWindow& win, const float*
   }
 }
 
-template <typename out_t>
-inline void store(out_t* dst, const float* src, int64_t n) {
-  if constexpr (std::is_same_v<out_t, float>) {
-    std::memcpy(dst, src, sizeof(float) * n);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<out_t>(src[i]);
+// n fp32 values to dst: a copy, or bf16 rounded to nearest even 16 lanes at a time (NaN stays NaN).
+SFK_AMX inline void store(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, sizeof(float) * n); }
+
+SFK_AMX inline void store(c10::BFloat16* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + i));
+    _mm256_mask_storeu_epi16(dst + i, k, h);
   }
 }
 
