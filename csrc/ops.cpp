@@ -37,11 +37,13 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   // The stems on AMX (csrc/cpu/conv3d_stem_amx.cpp): conv3d for 1 to 4 input channels, stride (1, s, s) with s
   // 1 or 2, + bias, activation (relu | none), then (pool_kernel not empty) max_pool3d with kernel (1, k, k),
   // stride (1, s, s), padding (0, p, p); x float32 or bfloat16 in any layout, out channels_last_3d.
-  // precision bf16 (bf16 out) | bf16x3 (float32 accuracy and output). Finite x only. cpu_amx_available: the
-  // CPU and OS allow AMX-BF16 tiles in this process.
+  // precision bf16 (bf16 out) | bf16x3 (float32 accuracy and output). Finite x only: nonfinite (an int32
+  // [1] tensor, or None) is set to 1 when a value it packed (every value a window reads, and the rest of
+  // their rows) is NaN or inf once rounded to bf16 (the output is then not the conv's). cpu_amx_available:
+  // the CPU and OS allow AMX-BF16 tiles in this process.
   m.def(
       "conv3d_stem_amx(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, int[] pool_kernel, "
-      "int[] pool_stride, int[] pool_padding, str activation, str precision) -> Tensor");
+      "int[] pool_stride, int[] pool_padding, str activation, str precision, Tensor(a!)? nonfinite=None) -> Tensor");
   m.def("cpu_amx_available() -> bool");
   // CPU temporal conv (3x1x1, stride 1, padding (1, 0, 0)) by Winograd F(4, 3) along time
   // (csrc/cpu/conv3d_winograd_time.cpp): the filter transformed once, then act(conv + bias + residual),

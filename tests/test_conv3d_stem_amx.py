@@ -118,7 +118,7 @@ def test_fused_model_stems_take_it(dtype, monkeypatch):
     monkeypatch.setattr(fuse_module, "conv3d_stem_amx", spy)
     with torch.inference_mode():
         out = fused(inputs)
-    expected = [(8, 3, 5, 7, 7), (64, 3, 1, 7, 7)] if dtype == torch.bfloat16 else [(8, 3, 5, 7, 7)]
+    expected = [(64, 3, 1, 7, 7), (8, 3, 5, 7, 7)] if dtype == torch.bfloat16 else [(8, 3, 5, 7, 7)]
     assert calls == expected
     with torch.inference_mode():
         oracle = model.double()([t.double() for t in inputs])
@@ -127,16 +127,68 @@ def test_fused_model_stems_take_it(dtype, monkeypatch):
     assert _rel(out, oracle) <= tol
 
 
-def test_non_finite_inputs_take_onednn():
-    """The kernel would turn an inf into NaN through a zero weight column: the fused model routes them away."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pathway, value", [(1, float("inf")), (0, float("nan")), (1, -float("inf"))])
+def test_non_finite_inputs_take_onednn(dtype, pathway, value):
+    """The kernel would turn an inf into NaN through a zero weight column: its nonfinite flag sends the fused
+    model's stems (and every later ReLU) to the exact path, NaN and inf as the reference has them."""
     torch.manual_seed(0)
     model = R.slowfast_r50_8x8().eval()
     inputs = R.pack_pathways(torch.rand(1, 3, 8, 40, 40), 4)
-    inputs[1][0, 0, 3, 5, 5] = float("inf")
-    fused = sk.fuse(model, dtype=torch.float32)
+    inputs[pathway][0, 0, 1, 5, 5] = value
+    fused = sk.fuse(model, dtype=dtype)
     with torch.inference_mode():
-        got, want = fused(inputs), model(inputs)
+        got, want = fused(inputs), model.to(dtype)([t.to(dtype) for t in inputs]).float()
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.isnan(want).any() or torch.isinf(want).any()  # the case is one where the check matters
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_model_checks_finiteness_in_the_amx_stems(dtype, monkeypatch):
+    """A bf16 model sums neither raw clip (both stems' kernels check what they read); a float32 one sums the
+    Slow clip only (its stem is oneDNN's)."""
+    fuse_module = sys.modules["slowfast_kernels.fuse"]
+    summed = []
+
+    def spy(t):
+        summed.append(t.shape[2])
+        return True
+
+    torch.manual_seed(0)
+    fused = sk.fuse(R.slowfast_r50_8x8().eval(), dtype=dtype)
+    monkeypatch.setattr(fuse_module, "all_finite", spy)
+    with torch.inference_mode():
+        fused(R.pack_pathways(torch.rand(1, 3, 8, 40, 40), 4))
+    assert summed == ([] if dtype == torch.bfloat16 else [2])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 3.4e38, None])
+def test_nonfinite_flag(precision, value):
+    """The flag is set when a value the windows read is NaN or inf as bf16 (3.4e38 rounds to inf), left alone
+    for finite inputs; a value no window reads (the last row of an even height at stride 2 with padding 0 and
+    kernel 1: not packed) does not count. (Values the kernel packs but no window reads, the rest of a packed
+    row, may count: a false alarm only sends the caller to the exact path.)"""
+    x, weight, bias, s, p, pool = _case(SHAPES[0], "ncdhw")
+    flag = torch.zeros(1, dtype=torch.int32)
+    if value is not None:
+        x[1, 2, 4, 10, 20] = value
+    conv3d_stem_amx(x, weight, bias, s, p, pool_kernel=pool[0], pool_stride=pool[1], pool_padding=pool[2],
+                    precision=precision, nonfinite=flag)
+    assert flag.item() == (0 if value is None else 1)
+    unread = torch.randn(1, 1, 3, 8, 8)
+    unread[..., -1, :] = float("nan")
+    flag.zero_()
+    out = conv3d_stem_amx(unread, torch.randn(4, 1, 1, 1, 1), None, (1, 2, 2), (0, 0, 0), precision=precision,
+                          nonfinite=flag)
+    assert flag.item() == 0 and torch.isfinite(out).all()
+
+
+def test_nonfinite_flag_bad_input():
+    x, weight, bias, s, p, _ = _case(SHAPES[3], "ncdhw")
+    for flag in (torch.zeros(1), torch.zeros(2, dtype=torch.int32)):
+        with pytest.raises(RuntimeError, match="nonfinite: expected an int32 CPU tensor of one element"):
+            conv3d_stem_amx(x, weight, bias, s, p, nonfinite=flag)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -22,7 +22,9 @@
 // sum), float32 output.
 //
 // Only finite inputs: a zero weight column still multiplies the neighbouring pixel's value (inf * 0 is
-// NaN), so callers route non-finite inputs elsewhere (the fused model knows each forward's finiteness).
+// NaN), so callers route non-finite inputs elsewhere. The packing sees every value the windows read, so it
+// says whether one was NaN or inf (the nonfinite flag): the fused model runs the stems first and takes
+// that as the forward's finiteness check, redoing the stems by the exact path when it is set.
 // Built without -march: the AMX functions carry their own target attribute and run only where the CPU and
 // the OS allow AMX (amx_available()).
 #include <ATen/Parallel.h>
@@ -32,6 +34,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -140,7 +143,8 @@ std::vector<uint16_t> pack_weight(const at::Tensor& weight, const Geometry& g) {
 // Packed input rows [hp0, hp1) (padded row coordinates) of the pass starting at output frame t0:
 // hi[(hp - hp0) * Wbuf + wp][ft * C + c] = bf16(x[n, c, t0 - pt + ft, hp - ph, wp - pw]), 0 outside x (and in
 // the odd slot of an odd F * C); lo (bf16x3) the rounding remainder. Values j, j + 1 of 16 pixels are
-// converted together and stored as one scatter of 32-bit words.
+// converted together and stored as one scatter of 32-bit words. Returns whether a packed value is NaN or
+// inf (its bf16 exponent all ones: a float32 beyond bf16's range counts too).
 template <typename scalar_t>
 SFK_AMX inline __m512 load16(const scalar_t* src, int64_t stride, __mmask16 k) {
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -163,8 +167,10 @@ SFK_AMX inline __m512i bf16_words(__m512 v) {  // 16 floats -> their bf16 bits (
 SFK_AMX inline __m512 bf16_back(__m512i words) { return _mm512_castsi512_ps(_mm512_slli_epi32(words, 16)); }
 
 template <typename scalar_t>
-SFK_AMX void pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t t0, int64_t hp0, int64_t hp1,
+SFK_AMX bool pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t t0, int64_t hp0, int64_t hp1,
                        uint16_t* hi, uint16_t* lo) {
+  const __m512i exponent = _mm512_set1_epi32(0x7f80);
+  __mmask16 nonfinite = 0;
   const int64_t row = g.Wbuf * g.L;
   std::memset(hi, 0, sizeof(uint16_t) * row * (hp1 - hp0));
   if (lo != nullptr) std::memset(lo, 0, sizeof(uint16_t) * row * (hp1 - hp0));
@@ -187,6 +193,8 @@ SFK_AMX void pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t 
         const __m512 a = src[0] ? load16(src[0] + w * g.sw, g.sw, k) : _mm512_setzero_ps();
         const __m512 b = src[1] ? load16(src[1] + w * g.sw, g.sw, k) : _mm512_setzero_ps();
         const __m512i ha = bf16_words(a), hb = bf16_words(b);
+        nonfinite |= _mm512_mask_cmpeq_epi32_mask(k, _mm512_and_si512(ha, exponent), exponent) |
+                     _mm512_mask_cmpeq_epi32_mask(k, _mm512_and_si512(hb, exponent), exponent);
         _mm512_mask_i32scatter_epi32(dst_hi + w * g.L + j, k, pixel, _mm512_or_si512(ha, _mm512_slli_epi32(hb, 16)), 4);
         if (dst_lo != nullptr) {
           const __m512i la = bf16_words(_mm512_sub_ps(a, bf16_back(ha))), lb = bf16_words(_mm512_sub_ps(b, bf16_back(hb)));
@@ -195,6 +203,7 @@ SFK_AMX void pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t 
       }
     }
   }
+  return nonfinite != 0;
 }
 
 // Where each C tile column goes: its bias, and the tile's runs of columns of one output frame of the pass.
@@ -367,8 +376,9 @@ SFK_AMX inline void store(c10::BFloat16* dst, const float* src, int64_t n) {
 }
 
 template <typename scalar_t, typename out_t>
-SFK_AMX void run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, const float* bias, bool relu,
+SFK_AMX bool run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, const float* bias, bool relu,
                  out_t* y) {
+  std::atomic<bool> nonfinite{false};
   const int64_t groups = (g.To + g.TP - 1) / g.TP;
   const int64_t out_rows = g.pool ? g.Hq : g.Ho;
   const int64_t bands = (out_rows + kBandRows - 1) / kBandRows;
@@ -397,7 +407,8 @@ SFK_AMX void run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
       const int64_t r_lo = g.pool ? std::max<int64_t>(0, q0 * g.ps - g.pp) : q0;
       const int64_t r_hi = g.pool ? std::min(g.Ho, (q1 - 1) * g.ps - g.pp + g.pk) : q1;
       const int64_t hp0 = r_lo * g.s, hp1 = (r_hi - 1) * g.s + g.KH;
-      pack_rows(x, g, n, t0, hp0, hp1, hi.data(), g.split ? lo.data() : nullptr);
+      if (pack_rows(x, g, n, t0, hp0, hp1, hi.data(), g.split ? lo.data() : nullptr))
+        nonfinite.store(true, std::memory_order_relaxed);
       const int64_t frames = std::min(g.TP, g.To - t0);
       auto out_row = [&](int64_t tp, int64_t q) {
         return y + (((n * g.To + t0 + tp) * Ho_out + q) * Wo_out) * g.Co;  // channels_last_3d
@@ -427,6 +438,7 @@ SFK_AMX void run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
     }
     tiles_release();
   });
+  return nonfinite.load();
 }
 
 std::vector<int64_t> ints(c10::IntArrayRef v, const char* name, size_t n) {
@@ -437,7 +449,7 @@ std::vector<int64_t> ints(c10::IntArrayRef v, const char* name, size_t n) {
 at::Tensor conv3d_stem_amx_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
                                c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, c10::string_view activation,
-                               c10::string_view precision) {
+                               c10::string_view precision, const std::optional<at::Tensor>& nonfinite) {
   SFK_CHECK(amx_available(), "conv3d_stem_amx: this CPU (or its OS) offers no AMX-BF16 tiles");
   check_device(x, c10::DeviceType::CPU, "x");
   check_rank(x, 5, "x");
@@ -451,6 +463,11 @@ at::Tensor conv3d_stem_amx_cpu(const at::Tensor& x, const at::Tensor& weight, co
             std::string(activation), "'");
   SFK_CHECK(precision == "bf16" || precision == "bf16x3", "precision: expected 'bf16' or 'bf16x3', got '",
             std::string(precision), "'");
+  if (nonfinite.has_value()) {
+    SFK_CHECK(nonfinite->device().is_cpu() && nonfinite->scalar_type() == at::kInt && nonfinite->numel() == 1,
+              "nonfinite: expected an int32 CPU tensor of one element, got ", nonfinite->scalar_type(), " ",
+              nonfinite->sizes(), " on ", nonfinite->device());
+  }
   const auto st = ints(stride, "stride", 3), pd = ints(padding, "padding", 3);
   SFK_CHECK(st[0] == 1 && st[1] == st[2] && (st[1] == 1 || st[1] == 2),
             "stride: expected (1, s, s) with s 1 or 2, got ", stride);
@@ -506,13 +523,15 @@ at::Tensor conv3d_stem_amx_cpu(const at::Tensor& x, const at::Tensor& weight, co
                            x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast3d));
   if (y.numel() == 0) return y;
   const bool relu = activation == "relu";
+  bool bad;
   if (x.scalar_type() == at::kFloat) {
-    if (g.split) run(g, x.data_ptr<float>(), wpack.data(), b.data(), relu, y.data_ptr<float>());
-    else run(g, x.data_ptr<float>(), wpack.data(), b.data(), relu, y.data_ptr<at::BFloat16>());
+    if (g.split) bad = run(g, x.data_ptr<float>(), wpack.data(), b.data(), relu, y.data_ptr<float>());
+    else bad = run(g, x.data_ptr<float>(), wpack.data(), b.data(), relu, y.data_ptr<at::BFloat16>());
   } else {
-    if (g.split) run(g, x.data_ptr<at::BFloat16>(), wpack.data(), b.data(), relu, y.data_ptr<float>());
-    else run(g, x.data_ptr<at::BFloat16>(), wpack.data(), b.data(), relu, y.data_ptr<at::BFloat16>());
+    if (g.split) bad = run(g, x.data_ptr<at::BFloat16>(), wpack.data(), b.data(), relu, y.data_ptr<float>());
+    else bad = run(g, x.data_ptr<at::BFloat16>(), wpack.data(), b.data(), relu, y.data_ptr<at::BFloat16>());
   }
+  if (bad && nonfinite.has_value()) nonfinite->fill_(1);
   return y;
 }
 

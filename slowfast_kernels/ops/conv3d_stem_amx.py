@@ -65,25 +65,30 @@ def stem_amx_precision(dtype: torch.dtype, weight_shape) -> Optional[str]:
 def conv3d_stem_amx(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Sequence[int],
                     padding: Sequence[int], *, pool_kernel: Sequence[int] = (), pool_stride: Sequence[int] = (),
                     pool_padding: Sequence[int] = (), activation: str = "relu",
-                    precision: str = "bf16") -> torch.Tensor:
+                    precision: str = "bf16", nonfinite: Optional[torch.Tensor] = None) -> torch.Tensor:
     """max_pool3d(act(conv3d(x, weight) + bias)) on AMX. x [N, C_in <= 4, T, H, W] float32 or bfloat16 CPU,
     any strides, finite (a non-finite x gives NaN where the reference gives inf: check first); weight
     [C_out, C_in, kd, kh, kw] float32; bias [C_out] float32 or None; stride (1, s, s), s 1 or 2; pool_kernel
     (1, k, k), pool_stride (1, s, s), pool_padding (0, p, p), or all empty for no pool; precision "bf16"
-    (bfloat16 out) or "bf16x3" (float32 accuracy, float32 out). Returns channels_last_3d."""
+    (bfloat16 out) or "bf16x3" (float32 accuracy, float32 out). nonfinite: an int32 tensor of one element,
+    set to 1 when a value the kernel packed (every value a window reads, and the rest of their rows) is
+    NaN or inf once rounded to bf16 (then the result is not the conv's: redo it another way); left as it is
+    otherwise. Returns channels_last_3d."""
     why = supports(x, weight.shape, stride, padding, (1, 1, 1)) if isinstance(x, torch.Tensor) else "x is no tensor"
     if why is not None:
         raise ValueError(f"conv3d_stem_amx: {why}")
     if precision not in PRECISIONS:
         raise ValueError(f"conv3d_stem_amx: precision must be one of {PRECISIONS}, got {precision!r}")
     return torch.ops.slowfast_kernels.conv3d_stem_amx(x, weight, bias, list(stride), list(padding), list(pool_kernel),
-                                                      list(pool_stride), list(pool_padding), activation, precision)
+                                                      list(pool_stride), list(pool_padding), activation, precision,
+                                                      nonfinite)
 
 
 if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("slowfast_kernels::conv3d_stem_amx")
-    def _fake(x, weight, bias, stride, padding, pool_kernel, pool_stride, pool_padding, activation, precision):
+    def _fake(x, weight, bias, stride, padding, pool_kernel, pool_stride, pool_padding, activation, precision,
+              nonfinite=None):
         shape = list(output_shape(x.shape, weight.shape, stride, padding, (1, 1, 1)))
         if pool_kernel:
             for d in (3, 4):
