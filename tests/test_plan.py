@@ -78,28 +78,37 @@ def test_cpu_runner_in_low_precision_within_eager_error():
         assert (y.double() - truth).abs().max().item() <= bound
 
 
-def test_time_gemm_on_odd_shapes_in_bf16_with_residual_and_nan():
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("scratch", [False, True])
+def test_time_gemm_on_odd_shapes_in_bf16_with_residual_and_nan(scratch, with_bias):
     """TimeGemmConv (K GEMMs over the [N, T*H*W, C] view) against float64: batch 2, odd T/H/W, K = 1, 3, 5,
-    without bias; a NaN in x reaches exactly the output frames whose taps read it, through the ReLU."""
+    with and without bias; a scratch residual is accumulated into (the result is its memory), another is
+    added and left as it was; a NaN in x reaches exactly the output frames whose taps read it, through the
+    ReLU."""
     for n, cin, t, h, w, cout, kt in ((2, 32, 5, 3, 7, 24, 3), (1, 16, 3, 5, 5, 16, 1), (3, 8, 7, 2, 3, 40, 5)):
         g = torch.Generator().manual_seed(kt)
         x = torch.randn(n, cin, t, h, w, generator=g).bfloat16().contiguous(memory_format=CL)
         weight = (torch.randn(cout, cin, kt, 1, 1, generator=g) / (cin * kt) ** 0.5).bfloat16().float()
+        bias = torch.randn(cout, generator=g).bfloat16().float() if with_bias else None
         r = torch.randn(n, cout, t, h, w, generator=g).bfloat16().contiguous(memory_format=CL)
-        runner = make_runner(weight, None, (1, 1, 1), (kt // 2, 0, 0), (1, 1, 1), "relu", x, "cpu",
+        runner = make_runner(weight, bias, (1, 1, 1), (kt // 2, 0, 0), (1, 1, 1), "relu", x, "cpu",
                              variant="time_gemm")
-        truth = _truth(x.float(), weight, torch.zeros(cout), (1, 1, 1), (kt // 2, 0, 0), (1, 1, 1), r.float(),
-                       "relu")
-        y = runner(x, r)
+        truth = _truth(x.float(), weight, torch.zeros(cout) if bias is None else bias, (1, 1, 1),
+                       (kt // 2, 0, 0), (1, 1, 1), r.float(), "relu")
+        given = r.clone()
+        y = runner(x, given, residual_is_scratch=scratch)
         assert y.shape == truth.shape and y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=CL)
-        # each of the kt partial sums and the residual add round to bf16 (relative 2^-9 each): bounded by the
-        # sum of absolute terms, conv(|x|, |W|) + |r|, times 2^-8 per rounding (a 2x margin)
+        assert (y.data_ptr() == given.data_ptr()) == scratch and (scratch or torch.equal(given, r))
+        # each of the kt partial sums and the residual add round to bf16 (relative 2^-9 each), and the bias add
+        # where it is a pass of its own (into a scratch residual): bounded by the sum of absolute terms,
+        # conv(|x|, |W|) + |r| + |b|, times 2^-8 per rounding (a 2x margin)
         scale = torch.nn.functional.conv3d(x.double().abs(), weight.double().abs(), None, 1, (kt // 2, 0, 0))
-        bound = 2 ** -8 * (kt + 1) * (scale + r.double().abs())
+        scale = scale + r.double().abs() + (0 if bias is None else bias.double().abs().view(1, -1, 1, 1, 1))
+        bound = 2 ** -8 * (kt + 1 + (scratch and with_bias)) * scale
         assert ((y.double() - truth).abs() <= bound).all()
         x_nan = x.clone()
         x_nan[0, 0, t // 2, 0, 0] = float("nan")
-        y = runner(x_nan, r)
+        y = runner(x_nan, r.clone(), residual_is_scratch=scratch)
         frames = [f for f in range(t) if abs(f - t // 2) <= kt // 2]
         assert y[0, :, frames, 0, 0].isnan().all() and y.isnan().sum() == cout * len(frames)
 
