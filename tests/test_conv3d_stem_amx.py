@@ -85,6 +85,31 @@ def test_bf16x3_has_float32_accuracy(shape, layout):
     assert _rel(y, oracle) <= 2e-5
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+def test_sliding_passes_over_a_long_clip(precision, threads):
+    """The Fast stem's passes slide: a task runs consecutive passes of one band, each packing only its 2 new
+    frames into the ring of 6 (the weight rotated to match). A clip long and tall enough that, with 1 or 2
+    threads, each task runs several passes (11 frames: 6 passes, the last with 1 output frame; 2 bands of
+    rows; 2 samples), the clip's padding frames at both ends included."""
+    shape = (2, 3, 11, 70, 61, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3), POOL)
+    x, weight, bias, s, p, pool = _case(shape, "ncdhw")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = _run(x, weight, bias, s, p, pool, "relu", precision)
+    finally:
+        torch.set_num_threads(saved)
+    oracle = _reference(x, weight, bias, s, p, pool, "relu", torch.float64)
+    eager_bf16 = _reference(x, weight, bias, s, p, pool, "relu", torch.bfloat16)
+    bound = max(2 * _rel(eager_bf16, oracle), 2 ** -8) if precision == "bf16" else 2e-5
+    assert y.shape == oracle.shape and _rel(y, oracle) <= bound
+    # every output frame, not just the largest error: a frame packed into the wrong slot is far off
+    per_frame = [(y[:, :, t].double() - oracle[:, :, t]).abs().max() / oracle[:, :, t].abs().max()
+                 for t in range(oracle.shape[2])]
+    assert max(per_frame) <= bound
+
+
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=IDS[:2])
 def test_bf16_input_reads_as_given(shape):
     x, weight, bias, s, p, pool = _case(shape, "ncdhw", dtype=torch.bfloat16)

@@ -11,10 +11,12 @@
 // 126 values: 4 tile products of 32, 98% of them used; the 16 output columns are 8 channels x 2 frames, so
 // no column is wasted either. The Slow stem (3 -> 64, 1x7x7) packs 3 values a pixel, 21 of 32 used.
 //
-// Per task (n, TP output frames, a band of output rows): the input rows the band needs are converted to
-// bf16 and packed ([row][pixel][F * C], zero padding included), the conv rows are computed into a ring of
-// fp32 rows (bias, ReLU), and each pooled row is taken from the ring as soon as its window is there, so the
-// unpooled conv output never reaches memory.
+// Per task (n, a band of output rows, a run of consecutive passes of TP output frames): the input rows the
+// band needs are converted to bf16 and packed ([row][pixel][F * C], zero padding included), the conv rows
+// are computed into a ring of fp32 rows (bias, ReLU), and each pooled row is taken from the ring as soon as
+// its window is there, so the unpooled conv output never reaches memory. A pixel's F frame slots are a ring
+// too (frame t in slot t mod F, the weight packed once per rotation): consecutive passes share F - TP
+// frames, so after a run's first pass each packs only its TP new frames (the Fast stem: 2 of 6).
 //
 // precision "bf16": x and the weight rounded to bf16, fp32 accumulation, bf16 output (what a bf16 conv
 // computes). "bf16x3": float32 accuracy from three bf16 products per tap (x = x_hi + x_lo and w = w_hi +
@@ -84,7 +86,10 @@ struct Geometry {
   int64_t TP, F, L, chunk, ktiles;      // output frames per pass, frames and values per packed pixel, K per row
   int64_t ncols, ntiles, mtiles, Wbuf;  // TP * Co padded to whole tiles; A tiles per row; packed row pixels
   bool split;                           // bf16x3
+  bool slide;                           // later passes of a task pack only their TP new frames (see run)
 };
+
+inline int64_t mod(int64_t a, int64_t m) { return (a % m + m) % m; }
 
 // 8 tiles of 16 rows x 64 bytes: C 0-3, A 4-5, B 6-7 (the thread's tile state; released after each chunk).
 SFK_AMX void tiles_configure() {
@@ -111,38 +116,46 @@ inline float bf16_value(uint16_t b) {
   return v;
 }
 
-// The weight as B tiles: [part][kh][ktile][ntile][16 K pairs][16 columns][2], bf16 bits. Column n is output
-// frame n / Co of the pass, channel n % Co; K value k is pixel k / L of the window row, frame (k % L) / C,
-// channel k % C. part 1 (bf16x3) holds w - bf16(w).
+// The weight as B tiles: [rotation][part][kh][ktile][ntile][16 K pairs][16 columns][2], bf16 bits. Column n
+// is output frame n / Co of the pass, channel n % Co; K value k is pixel k / L of the window row, frame slot
+// (k % L) / C, channel k % C. A packed pixel's F frame slots are a ring: the pass whose window starts at
+// frame tw keeps frame tw + f in slot (tw + f) mod F, so rotation r = tw mod F maps slot s to window frame
+// (s - r) mod F (one weight per rotation: the next pass rewrites only the slots of the frames it adds).
+// part 1 (bf16x3) holds w - bf16(w).
 std::vector<uint16_t> pack_weight(const at::Tensor& weight, const Geometry& g) {
   const int64_t per_tile = kTileK * kTileCols;
   const int64_t parts = g.split ? 2 : 1;
-  std::vector<uint16_t> out(parts * g.KH * g.ktiles * g.ntiles * per_tile, 0);
+  const int64_t per_part = g.KH * g.ktiles * g.ntiles * per_tile;
+  std::vector<uint16_t> out(g.F * parts * per_part, 0);
   const auto w = weight.accessor<float, 5>();
-  for (int64_t kh = 0; kh < g.KH; ++kh)
-    for (int64_t kt = 0; kt < g.ktiles; ++kt)
-      for (int64_t nt = 0; nt < g.ntiles; ++nt)
-        for (int64_t kk = 0; kk < kTileK; ++kk)
-          for (int64_t col = 0; col < kTileCols; ++col) {
-            const int64_t k = kt * kTileK + kk, n = nt * kTileCols + col;
-            if (k >= g.chunk || n >= g.TP * g.Co) continue;
-            const int64_t kw = k / g.L, slot = k % g.L, ft = slot / g.C, c = slot % g.C;
-            if (slot >= g.F * g.C) continue;  // the padding slot of an odd F * C
-            const int64_t tp = n / g.Co, co = n % g.Co, dt = ft - tp;
-            if (dt < 0 || dt >= g.KT) continue;
-            const float v = w[co][c][dt][kh][kw];
-            const uint16_t hi = bf16_bits(v);
-            const int64_t at = (((kh * g.ktiles + kt) * g.ntiles + nt) * kTileK / 2 + kk / 2) * kTileCols * 2
-                               + col * 2 + kk % 2;
-            out[at] = hi;
-            if (g.split) out[g.KH * g.ktiles * g.ntiles * per_tile + at] = bf16_bits(v - bf16_value(hi));
-          }
+  for (int64_t rot = 0; rot < g.F; ++rot)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kt = 0; kt < g.ktiles; ++kt)
+        for (int64_t nt = 0; nt < g.ntiles; ++nt)
+          for (int64_t kk = 0; kk < kTileK; ++kk)
+            for (int64_t col = 0; col < kTileCols; ++col) {
+              const int64_t k = kt * kTileK + kk, n = nt * kTileCols + col;
+              if (k >= g.chunk || n >= g.TP * g.Co) continue;
+              const int64_t kw = k / g.L, slot = k % g.L, ft = mod(slot / g.C - rot, g.F), c = slot % g.C;
+              if (slot >= g.F * g.C) continue;  // the padding slot of an odd F * C
+              const int64_t tp = n / g.Co, co = n % g.Co, dt = ft - tp;
+              if (dt < 0 || dt >= g.KT) continue;
+              const float v = w[co][c][dt][kh][kw];
+              const uint16_t hi = bf16_bits(v);
+              const int64_t at = rot * parts * per_part
+                                 + (((kh * g.ktiles + kt) * g.ntiles + nt) * kTileK / 2 + kk / 2) * kTileCols * 2
+                                 + col * 2 + kk % 2;
+              out[at] = hi;
+              if (g.split) out[per_part + at] = bf16_bits(v - bf16_value(hi));
+            }
   return out;
 }
 
-// Packed input rows [hp0, hp1) (padded row coordinates) of the pass starting at output frame t0:
-// hi[(hp - hp0) * Wbuf + wp][ft * C + c] = bf16(x[n, c, t0 - pt + ft, hp - ph, wp - pw]), 0 outside x (and in
-// the odd slot of an odd F * C); lo (bf16x3) the rounding remainder. Values j, j + 1 of 16 pixels are
+// Packed input rows [hp0, hp1) (padded row coordinates) of the pass whose window starts at frame tw (output
+// frame tw + pt): hi[(hp - hp0) * Wbuf + wp][s * C + c] = bf16(x[n, c, ti, hp - ph, wp - pw]) for the window
+// frame ti = tw + ((s - tw) mod F) of slot s, 0 outside x (and in the odd slot of an odd F * C); lo (bf16x3)
+// the rounding remainder. full: every slot, the buffers zeroed first; else only slots [s0, s1) (whole pairs
+// of values), the rest (the other frames, the padding) kept from the earlier passes. Values j, j + 1 of 16 pixels are
 // converted together and stored as one scatter of 32-bit words. Returns whether a packed value is NaN or
 // inf (its bf16 exponent all ones: a float32 beyond bf16's range counts too).
 template <typename scalar_t>
@@ -167,13 +180,16 @@ SFK_AMX inline __m512i bf16_words(__m512 v) {  // 16 floats -> their bf16 bits (
 SFK_AMX inline __m512 bf16_back(__m512i words) { return _mm512_castsi512_ps(_mm512_slli_epi32(words, 16)); }
 
 template <typename scalar_t>
-SFK_AMX bool pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t t0, int64_t hp0, int64_t hp1,
-                       uint16_t* hi, uint16_t* lo) {
+SFK_AMX bool pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t tw, bool full, int64_t s0,
+                       int64_t s1, int64_t hp0, int64_t hp1, uint16_t* hi, uint16_t* lo) {
   const __m512i exponent = _mm512_set1_epi32(0x7f80);
   __mmask16 nonfinite = 0;
   const int64_t row = g.Wbuf * g.L;
-  std::memset(hi, 0, sizeof(uint16_t) * row * (hp1 - hp0));
-  if (lo != nullptr) std::memset(lo, 0, sizeof(uint16_t) * row * (hp1 - hp0));
+  if (full) {
+    std::memset(hi, 0, sizeof(uint16_t) * row * (hp1 - hp0));
+    if (lo != nullptr) std::memset(lo, 0, sizeof(uint16_t) * row * (hp1 - hp0));
+  }
+  const int64_t j0 = full ? 0 : s0 * g.C, j1 = full ? g.L : s1 * g.C;
   const __m512i pixel = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(static_cast<int>(g.L / 2)));  // in 32-bit words
   for (int64_t hp = hp0; hp < hp1; ++hp) {
@@ -181,13 +197,13 @@ SFK_AMX bool pack_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t 
     if (h < 0 || h >= g.H) continue;
     uint16_t* dst_hi = hi + (hp - hp0) * row + g.pw * g.L;
     uint16_t* dst_lo = lo == nullptr ? nullptr : lo + (hp - hp0) * row + g.pw * g.L;
-    for (int64_t j = 0; j < g.L; j += 2) {  // values j (low half) and j + 1 (high half) of each pixel
+    for (int64_t j = j0; j < j1; j += 2) {  // values j (low half) and j + 1 (high half) of each pixel
       const scalar_t* src[2] = {nullptr, nullptr};
       for (int e = 0; e < 2; ++e) {
-        const int64_t v = j + e, ft = v / g.C, c = v % g.C, ti = t0 - g.pt + ft;
+        const int64_t v = j + e, c = v % g.C, ti = tw + mod(v / g.C - tw, g.F);
         if (v < g.F * g.C && ti >= 0 && ti < g.T) src[e] = x + n * g.sn + c * g.sc + ti * g.st + h * g.sh;
       }
-      if (src[0] == nullptr && src[1] == nullptr) continue;
+      if (full && src[0] == nullptr && src[1] == nullptr) continue;  // zero already
       for (int64_t w = 0; w < g.W; w += 16) {
         const __mmask16 k = g.W - w >= 16 ? __mmask16(0xffff) : __mmask16((1u << (g.W - w)) - 1);
         const __m512 a = src[0] ? load16(src[0] + w * g.sw, g.sw, k) : _mm512_setzero_ps();
@@ -384,9 +400,17 @@ SFK_AMX bool run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
   const int64_t bands = (out_rows + kBandRows - 1) / kBandRows;
   const int64_t Ho_out = g.pool ? g.Hq : g.Ho, Wo_out = g.pool ? g.Wq : g.Wo;
   const int64_t b_part = g.KH * g.ktiles * g.ntiles * kTileK * kTileCols;
+  const int64_t parts = g.split ? 2 : 1;
   const Columns cols(g, bias);
   const PoolWindow window(g);
-  at::parallel_for(0, g.N * groups * bands, 1, [&](int64_t begin, int64_t end) {
+  // A task: one sample's band of output rows over a run of consecutive passes. Sliding, the run's first pass
+  // packs all F frames and each later one only the TP frames it adds (the Fast stem: 2 of 6), so runs are
+  // long: ~4 tasks a thread. Otherwise every pass is a task.
+  const int64_t runs_per_band = !g.slide ? groups : std::min(groups, std::max<int64_t>(1,
+      (4 * at::get_num_threads() + g.N * bands - 1) / (g.N * bands)));
+  const int64_t run_len = (groups + runs_per_band - 1) / runs_per_band;
+  const int64_t runs = (groups + run_len - 1) / run_len;
+  at::parallel_for(0, g.N * runs * bands, 1, [&](int64_t begin, int64_t end) {
     tiles_configure();
     // Largest band: conv rows needed for kBandRows output rows, then their input rows.
     const int64_t conv_span = g.pool ? (kBandRows - 1) * g.ps + g.pk : kBandRows;
@@ -398,41 +422,47 @@ SFK_AMX bool run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
     std::vector<float> ring(ring_rows * ring_row);
     std::vector<float> pooled(g.pool ? g.Wq * g.Co + kTileCols : 0), vmax(g.pool ? g.Wo * g.Co : 0);
     const uint16_t* a_parts[3] = {hi.data(), hi.data(), lo.data()};
-    const uint16_t* b_parts[3] = {wpack, wpack + b_part, wpack};
     const int64_t products = g.split ? 3 : 1;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t band = task % bands, ng = task / bands;
-      const int64_t t0 = (ng % groups) * g.TP, n = ng / groups;
+      const int64_t band = task % bands, nr = task / bands;
+      const int64_t n = nr / runs, grp0 = (nr % runs) * run_len, grp1 = std::min(groups, grp0 + run_len);
       const int64_t q0 = band * kBandRows, q1 = std::min(out_rows, q0 + kBandRows);
       const int64_t r_lo = g.pool ? std::max<int64_t>(0, q0 * g.ps - g.pp) : q0;
       const int64_t r_hi = g.pool ? std::min(g.Ho, (q1 - 1) * g.ps - g.pp + g.pk) : q1;
       const int64_t hp0 = r_lo * g.s, hp1 = (r_hi - 1) * g.s + g.KH;
-      if (pack_rows(x, g, n, t0, hp0, hp1, hi.data(), g.split ? lo.data() : nullptr))
-        nonfinite.store(true, std::memory_order_relaxed);
-      const int64_t frames = std::min(g.TP, g.To - t0);
-      auto out_row = [&](int64_t tp, int64_t q) {
-        return y + (((n * g.To + t0 + tp) * Ho_out + q) * Wo_out) * g.Co;  // channels_last_3d
-      };
-      if (!g.pool) {
-        for (int64_t r = r_lo; r < r_hi; ++r) {
-          conv_row(g, r, hp0, a_parts, b_parts, products, cols, relu, ring.data());
-          for (int64_t tp = 0; tp < frames; ++tp) store(out_row(tp, r), ring.data() + tp * g.Wo * g.Co, g.Wo * g.Co);
+      for (int64_t grp = grp0; grp < grp1; ++grp) {
+        const int64_t t0 = grp * g.TP, tw = t0 - g.pt;
+        const bool full = grp == grp0 || !g.slide;
+        const int64_t s0 = mod(tw + g.F - g.TP, g.F);  // the slots of the TP frames this pass adds
+        if (pack_rows(x, g, n, tw, full, s0, s0 + g.TP, hp0, hp1, hi.data(), g.split ? lo.data() : nullptr))
+          nonfinite.store(true, std::memory_order_relaxed);
+        const uint16_t* wrot = wpack + mod(tw, g.F) * parts * b_part;
+        const uint16_t* b_parts[3] = {wrot, wrot + b_part, wrot};
+        const int64_t frames = std::min(g.TP, g.To - t0);
+        auto out_row = [&](int64_t tp, int64_t q) {
+          return y + (((n * g.To + t0 + tp) * Ho_out + q) * Wo_out) * g.Co;  // channels_last_3d
+        };
+        if (!g.pool) {
+          for (int64_t r = r_lo; r < r_hi; ++r) {
+            conv_row(g, r, hp0, a_parts, b_parts, products, cols, relu, ring.data());
+            for (int64_t tp = 0; tp < frames; ++tp) store(out_row(tp, r), ring.data() + tp * g.Wo * g.Co, g.Wo * g.Co);
+          }
+          continue;
         }
-        continue;
-      }
-      int64_t next = r_lo;  // the next conv row to compute
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t a = std::max<int64_t>(0, q * g.ps - g.pp), b = std::min(g.Ho, q * g.ps - g.pp + g.pk);
-        for (; next < b; ++next)
-          conv_row(g, next, hp0, a_parts, b_parts, products, cols, relu, ring.data() + (next % ring_rows) * ring_row);
-        for (int64_t tp = 0; tp < frames; ++tp) {
-          // Rows first (whole rows of Wo * Co values), then each pooled column's window: gathers of 16 lanes.
-          const int64_t rowlen = g.Wo * g.Co;
-          std::memcpy(vmax.data(), ring.data() + (a % ring_rows) * ring_row + tp * rowlen, sizeof(float) * rowlen);
-          for (int64_t rr = a + 1; rr < b; ++rr)
-            nan_max_into(vmax.data(), ring.data() + (rr % ring_rows) * ring_row + tp * rowlen, rowlen);
-          pool_columns(g, window, vmax.data(), pooled.data());
-          store(out_row(tp, q), pooled.data(), g.Wq * g.Co);
+        int64_t next = r_lo;  // the next conv row to compute
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t a = std::max<int64_t>(0, q * g.ps - g.pp), b = std::min(g.Ho, q * g.ps - g.pp + g.pk);
+          for (; next < b; ++next)
+            conv_row(g, next, hp0, a_parts, b_parts, products, cols, relu, ring.data() + (next % ring_rows) * ring_row);
+          for (int64_t tp = 0; tp < frames; ++tp) {
+            // Rows first (whole rows of Wo * Co values), then each pooled column's window: gathers of 16 lanes.
+            const int64_t rowlen = g.Wo * g.Co;
+            std::memcpy(vmax.data(), ring.data() + (a % ring_rows) * ring_row + tp * rowlen, sizeof(float) * rowlen);
+            for (int64_t rr = a + 1; rr < b; ++rr)
+              nan_max_into(vmax.data(), ring.data() + (rr % ring_rows) * ring_row + tp * rowlen, rowlen);
+            pool_columns(g, window, vmax.data(), pooled.data());
+            store(out_row(tp, q), pooled.data(), g.Wq * g.Co);
+          }
         }
       }
     }
@@ -503,6 +533,9 @@ at::Tensor conv3d_stem_amx_cpu(const at::Tensor& x, const at::Tensor& weight, co
   g.TP = g.Co < kTileCols && kTileCols % g.Co == 0 ? kTileCols / g.Co : 1;
   g.F = g.KT + g.TP - 1, g.L = (g.F * g.C + 1) / 2 * 2, g.chunk = g.KW * g.L;  // L even: pairs pack as 32-bit words
   g.ktiles = (g.chunk + kTileK - 1) / kTileK;
+  // Sliding passes need the TP new frames' slots to be whole pairs of values in one piece of the ring:
+  // TP * C even, the window start tw = t0 - pt a multiple of TP, and F a multiple of TP.
+  g.slide = g.F > g.TP && (g.TP * g.C) % 2 == 0 && g.pt % g.TP == 0 && g.F % g.TP == 0;
   g.ncols = g.TP * g.Co <= kTileCols ? kTileCols : (g.TP * g.Co + 2 * kTileCols - 1) / (2 * kTileCols) * 2 * kTileCols;
   g.ntiles = g.ncols / kTileCols;
   g.mtiles = (g.Wo + kTileRows - 1) / kTileRows;
