@@ -304,8 +304,8 @@ class FusedSlowFast(nn.Module):
         checked by the kernel itself (it reads every value its windows use, as bf16: see conv3d_stem_amx's
         nonfinite), any other input by one sum (plan.all_finite). Returns the stems' outputs (None where not
         run; all None when an input is not finite: the AMX results are then not the convs', and the stems run
-        again by the exact path) and whether the inputs are finite. Saves the sums over the raw clips (~1.2 ms of a ~85 ms bf16 R50 8x8 forward,
-        batch 1, 2 cores)."""
+        again by the exact path) and whether the inputs are finite. Saves the sums over the raw clips (~1.2 ms
+        of a ~85 ms bf16 R50 8x8 forward, batch 1, 2 cores)."""
         flag = torch.zeros(1, dtype=torch.int32)
         done = [stem.amx(t, self.dtype, nonfinite=flag) for stem, t in zip(self.stems, inputs)]
         finite = all(all_finite(t) for t, y in zip(inputs, done) if y is None) and not flag.item()

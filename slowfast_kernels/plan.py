@@ -217,10 +217,11 @@ class TimeGemmConv:
         xv = x.permute(0, 2, 3, 4, 1).reshape(n, t * hw, c)  # a view of channels_last_3d memory
         # A scratch residual in x's dtype and layout (the lateral K-range's partial sum) is the output: the
         # GEMMs accumulate into it (no separate add pass).
-        into = (residual is not None and residual_is_scratch and residual.dtype == x.dtype
-                and residual.shape == (n, co, t, h, w) and residual.permute(0, 2, 3, 4, 1).is_contiguous())
+        rv = None if residual is None else residual.permute(0, 2, 3, 4, 1)
+        into = (rv is not None and residual_is_scratch and residual.dtype == x.dtype
+                and residual.shape == (n, co, t, h, w) and rv.is_contiguous())
         if into:
-            y = residual.permute(0, 2, 3, 4, 1).view(n, t * hw, co)
+            y = rv.view(n, t * hw, co)
         else:
             y = torch.empty(n, t * hw, co, dtype=x.dtype, device=x.device)
         centre = self.taps[self.pad]  # the one tap that covers every output frame
@@ -501,8 +502,8 @@ class FoldedConv(nn.Module):
     part, one K-range of it): part=("tail", n) convolves x with W[:, n:] and adds the bias (no activation):
     the partial sum a part=("head", n) call then takes as its residual, convolving x with W[:, :n] and adding
     the residual and the activation. (The bias goes with the tail, which runs first, so a head that
-    accumulates into its residual needs no bias pass: TimeGemmConv.) Weights are snapshots: after editing the buffers in place
-    call reset() (load_state_dict, .to() and friends reset by themselves).
+    accumulates into its residual needs no bias pass: TimeGemmConv.) Weights are snapshots: after editing
+    the buffers in place call reset() (load_state_dict, .to() and friends reset by themselves).
 
     Runners are kept for the last ``max_cached_shapes`` input signatures per part (LRU); copies, pickles
     and torch.save leave them out (oneDNN's packed weights are opaque tensors) and the next call rebuilds them.

@@ -455,7 +455,7 @@ SFK_AMX bool run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
           for (; next < b; ++next)
             conv_row(g, next, hp0, a_parts, b_parts, products, cols, relu, ring.data() + (next % ring_rows) * ring_row);
           for (int64_t tp = 0; tp < frames; ++tp) {
-            // Rows first (whole rows of Wo * Co values), then each pooled column's window: gathers of 16 lanes.
+            // Rows first (whole rows of Wo * Co values), then each pooled column's window (pool_columns).
             const int64_t rowlen = g.Wo * g.Co;
             std::memcpy(vmax.data(), ring.data() + (a % ring_rows) * ring_row + tp * rowlen, sizeof(float) * rowlen);
             for (int64_t rr = a + 1; rr < b; ++rr)
