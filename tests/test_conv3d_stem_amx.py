@@ -24,12 +24,15 @@ POOL = ((1, 3, 3), (1, 2, 2), (0, 1, 1))
 SHAPES = [
     (2, 3, 7, 37, 45, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3), POOL),   # Fast stem, odd sizes, 2 output frames a pass
     (1, 3, 3, 37, 45, 64, (1, 7, 7), (1, 2, 2), (0, 3, 3), POOL),  # Slow stem, 4 column tiles
+    # Fast stem, 3 M tiles a row (a pair and a lone one in the two-row blocks), 2 bands (the second starting
+    # at an odd conv row: one lone row, then pairs)
+    (1, 3, 4, 70, 75, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3), POOL),
     (1, 3, 2, 19, 70, 20, (1, 7, 7), (1, 2, 2), (0, 3, 3), POOL),  # C_out 20: column tiles padded to 32
     (1, 1, 5, 9, 11, 5, (3, 5, 5), (1, 2, 2), (0, 0, 2), None),    # C_in 1, C_out 5 (3 frames a pass), no pool
     (1, 4, 4, 13, 33, 16, (3, 3, 3), (1, 1, 1), (1, 1, 1), None),  # C_in 4, stride 1
     (1, 2, 3, 12, 17, 4, (1, 5, 5), (1, 2, 2), (0, 2, 2), ((1, 2, 2), (1, 2, 2), (0, 1, 1))),  # another pool
 ]
-IDS = ["fast_stem", "slow_stem", "cout20", "cin1_nopool", "cin4_s1", "pool2"]
+IDS = ["fast_stem", "slow_stem", "fast_stem_3_tiles", "cout20", "cin1_nopool", "cin4_s1", "pool2"]
 
 
 def _case(shape, layout, dtype=torch.float32, seed=0):
@@ -210,7 +213,7 @@ def test_nonfinite_flag(precision, value):
 
 
 def test_nonfinite_flag_bad_input():
-    x, weight, bias, s, p, _ = _case(SHAPES[3], "ncdhw")
+    x, weight, bias, s, p, _ = _case(SHAPES[IDS.index("cin1_nopool")], "ncdhw")
     for flag in (torch.zeros(1), torch.zeros(2, dtype=torch.int32)):
         with pytest.raises(RuntimeError, match="nonfinite: expected an int32 CPU tensor of one element"):
             conv3d_stem_amx(x, weight, bias, s, p, nonfinite=flag)

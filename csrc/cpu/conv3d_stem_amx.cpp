@@ -248,6 +248,24 @@ struct Columns {
   }
 };
 
+// A C tile (M tile m, column tile nt of a conv row) into the row's ring slot: + bias, ReLU, each pixel's
+// columns as one masked store per output frame (Columns).
+SFK_AMX inline void finish_tile(const Geometry& g, const float* staged, int64_t m, int64_t nt, const Columns& cols,
+                                bool relu, float* ring) {
+  const __m512 b = _mm512_loadu_ps(cols.bias + nt * kTileCols);
+  const __mmask16* run_mask = cols.run_mask.data() + nt * kTileCols;
+  const int32_t* run_shift = cols.run_shift.data() + nt * kTileCols;
+  const int32_t runs = cols.runs[nt];
+  const __m512 zero = _mm512_setzero_ps();
+  const int64_t px_end = std::min(kTileRows, g.Wo - m * kTileRows);
+  for (int64_t px = 0; px < px_end; ++px) {
+    __m512 v = _mm512_add_ps(_mm512_load_ps(staged + px * kTileCols), b);
+    if (relu) v = _mm512_max_ps(zero, v);  // the second operand when either is NaN: NaN stays, as torch.relu
+    float* at = ring + (m * kTileRows + px) * g.Co + nt * kTileCols;
+    for (int32_t j = 0; j < runs; ++j) _mm512_mask_storeu_ps(at + run_shift[j], run_mask[j], v);
+  }
+}
+
 // One conv output row r of the pass: ring[tp][wo][co] = act(conv + bias), fp32, for every A tile of the row.
 // a_parts / b_parts: the (packed input, weight) part pairs whose products are summed (1 pair, or 3 for bf16x3).
 SFK_AMX void conv_row(const Geometry& g, int64_t r, int64_t hp0, const uint16_t* const* a_parts,
@@ -299,20 +317,59 @@ SFK_AMX void conv_row(const Geometry& g, int64_t r, int64_t hp0, const uint16_t*
       _tile_stored(3, staged[3], 64);
       for (int64_t i = 0; i < 4; ++i) {
         const int64_t m = m0 + (nb == 1 ? i : i / 2), nt = n0 + (nb == 1 ? 0 : i % 2);
-        if (m >= g.mtiles || nt >= g.ntiles) continue;
-        const __m512 b = _mm512_loadu_ps(cols.bias + nt * kTileCols);
-        const __mmask16* run_mask = cols.run_mask.data() + nt * kTileCols;
-        const int32_t* run_shift = cols.run_shift.data() + nt * kTileCols;
-        const int32_t runs = cols.runs[nt];
-        const __m512 zero = _mm512_setzero_ps();
-        const int64_t px_end = std::min(kTileRows, g.Wo - m * kTileRows);
-        for (int64_t px = 0; px < px_end; ++px) {
-          __m512 v = _mm512_add_ps(_mm512_load_ps(staged[i] + px * kTileCols), b);
-          if (relu) v = _mm512_max_ps(zero, v);  // the second operand when either is NaN: NaN stays, as torch.relu
-          float* at = ring + (m * kTileRows + px) * g.Co + nt * kTileCols;
-          for (int32_t j = 0; j < runs; ++j) _mm512_mask_storeu_ps(at + run_shift[j], run_mask[j], v);
+        if (m < g.mtiles && nt < g.ntiles) finish_tile(g, staged[i], m, nt, cols, relu, ring);
+      }
+    }
+  }
+}
+
+// Two consecutive conv rows r, r + 1 of a one-column-tile pass (the Fast stem's 16 columns: TP 2 x 8
+// channels). Row r reads input rows r * s + kh and row r + 1 rows r * s + s + kh: KH - s of them are the
+// same, so each A tile (an input row's 16 output pixels) loaded once feeds both rows' products, the weight
+// row kh for row r and kh - s for row r + 1. Blocks of 2 M tiles x 2 rows (C tiles 0-1: row r, 2-3: row
+// r + 1) load 2 A and 2 B tiles per 4 products, the 2 x 2 register blocking the one-row loop (4 M tiles x
+// 1 B tile: each A tile used once) cannot have with a single column tile.
+SFK_AMX void conv_row_pair(const Geometry& g, int64_t r, int64_t hp0, const uint16_t* const* a_parts,
+                           const uint16_t* const* b_parts, int64_t products, const Columns& cols, bool relu,
+                           float* ring0, float* ring1) {
+  alignas(64) float staged[4][kTileRows * kTileCols];
+  const int64_t row = g.Wbuf * g.L;
+  const int64_t a_stride = g.s * g.L * 2;
+  const int64_t b_tile = kTileK * kTileCols;
+  const int64_t b_row = g.ktiles * b_tile;  // one kh of the weight (ntiles == 1)
+  for (int64_t m0 = 0; m0 < g.mtiles; m0 += 2) {
+    const bool two = m0 + 1 < g.mtiles;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t p = 0; p < products; ++p) {
+      for (int64_t rho = 0; rho < g.KH + g.s; ++rho) {  // input row r * s + rho
+        const bool first = rho < g.KH, second = rho >= g.s;  // row r's kh = rho, row r + 1's kh = rho - s
+        const uint16_t* arow = a_parts[p] + (r * g.s + rho - hp0) * row;
+        for (int64_t kt = 0; kt < g.ktiles; ++kt) {
+          const uint16_t* a0 = arow + m0 * kTileRows * g.s * g.L + kt * kTileK;
+          const uint16_t* a1 = a0 + kTileRows * g.s * g.L;
+          if (first) _tile_loadd(6, b_parts[p] + rho * b_row + kt * b_tile, 64);
+          if (second) _tile_loadd(7, b_parts[p] + (rho - g.s) * b_row + kt * b_tile, 64);
+          _tile_loadd(4, a0, a_stride);
+          if (two) _tile_loadd(5, a1, a_stride);
+          if (first) _tile_dpbf16ps(0, 4, 6);
+          if (second) _tile_dpbf16ps(2, 4, 7);
+          if (two && first) _tile_dpbf16ps(1, 5, 6);
+          if (two && second) _tile_dpbf16ps(3, 5, 7);
         }
       }
+    }
+    _tile_stored(0, staged[0], 64);
+    _tile_stored(1, staged[1], 64);
+    _tile_stored(2, staged[2], 64);
+    _tile_stored(3, staged[3], 64);
+    finish_tile(g, staged[0], m0, 0, cols, relu, ring0);
+    finish_tile(g, staged[2], m0, 0, cols, relu, ring1);
+    if (two) {
+      finish_tile(g, staged[1], m0 + 1, 0, cols, relu, ring0);
+      finish_tile(g, staged[3], m0 + 1, 0, cols, relu, ring1);
     }
   }
 }
@@ -423,6 +480,7 @@ SFK_AMX bool run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
     std::vector<float> pooled(g.pool ? g.Wq * g.Co + kTileCols : 0), vmax(g.pool ? g.Wo * g.Co : 0);
     const uint16_t* a_parts[3] = {hi.data(), hi.data(), lo.data()};
     const int64_t products = g.split ? 3 : 1;
+    const bool pairs = g.ntiles == 1;  // one column tile: two conv rows share their A tiles (conv_row_pair)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t band = task % bands, nr = task / bands;
       const int64_t n = nr / runs, grp0 = (nr % runs) * run_len, grp1 = std::min(groups, grp0 + run_len);
@@ -452,8 +510,16 @@ SFK_AMX bool run(const Geometry& g, const scalar_t* x, const uint16_t* wpack, co
         int64_t next = r_lo;  // the next conv row to compute
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t a = std::max<int64_t>(0, q * g.ps - g.pp), b = std::min(g.Ho, q * g.ps - g.pp + g.pk);
-          for (; next < b; ++next)
-            conv_row(g, next, hp0, a_parts, b_parts, products, cols, relu, ring.data() + (next % ring_rows) * ring_row);
+          for (; next < b; ++next) {
+            float* slot = ring.data() + (next % ring_rows) * ring_row;
+            if (pairs && next + 1 < b) {
+              conv_row_pair(g, next, hp0, a_parts, b_parts, products, cols, relu, slot,
+                            ring.data() + ((next + 1) % ring_rows) * ring_row);
+              ++next;
+            } else {
+              conv_row(g, next, hp0, a_parts, b_parts, products, cols, relu, slot);
+            }
+          }
           for (int64_t tp = 0; tp < frames; ++tp) {
             // Rows first (whole rows of Wo * Co values), then each pooled column's window (pool_columns).
             const int64_t rowlen = g.Wo * g.Co;
