@@ -45,6 +45,10 @@ TORCH_LIBRARY(slowfast_kernels, m) {
       "conv3d_stem_amx(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, int[] pool_kernel, "
       "int[] pool_stride, int[] pool_padding, str activation, str precision, Tensor(a!)? nonfinite=None) -> Tensor");
   m.def("cpu_amx_available() -> bool");
+  // CPU max_pool3d (csrc/cpu/max_pool3d_cl.cpp), the stems' pool where no AMX kernel fuses it: x float32 or
+  // bfloat16 [N, C, T, H, W] in any layout (read as channels_last_3d), out channels_last_3d; torch's semantics
+  // (-inf padding of at most half the kernel, NaN propagates, ceil_mode False, dilation 1), no indices.
+  m.def("max_pool3d_cl(Tensor x, int[3] kernel, int[3] stride, int[3] padding) -> Tensor");
   // CPU temporal conv (3x1x1, stride 1, padding (1, 0, 0)) by Winograd F(4, 3) along time
   // (csrc/cpu/conv3d_winograd_time.cpp): the filter transformed once, then act(conv + bias + residual),
   // fp32, channels_last_3d out.

@@ -38,6 +38,7 @@ from .ops.conv3d_bn_act import resolve_backend
 from .ops.conv3d_stem_amx import conv3d_stem_amx, stem_amx_precision
 from .ops.conv3d_stem_amx import supports as stem_amx_supports
 from .ops.lateral_fuse import lateral_fuse
+from .ops.max_pool3d_cl import max_pool3d_cl
 from .backends import BackendUnavailable
 from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, _inputs_finite, _triple, all_finite,
                    check_max_cached_shapes, inputs_known_finite, release_cpu_buffers, reuse_cpu_buffers)
@@ -61,8 +62,9 @@ def _conv(x: StageInput, conv: FoldedConv) -> torch.Tensor:
 class FusedStem(nn.Module):
     """conv (BN folded) + ReLU + max-pool. On CUDA (and the triton backend) one conv3d_bn_act_maxpool call:
     the small-C_in Triton kernels, cuDNN's slowest layer otherwise (the Fast stem: 28.7 ms of a 52 ms
-    batch-32 forward on an H200), with the pool fused where its shape rule says so. On CPU the plan's runner
-    (the small-C_in CPU kernel or oneDNN) then max_pool3d."""
+    batch-32 forward on an H200), with the pool fused where its shape rule says so. On CPU the AMX kernel
+    (conv and pool in one pass, `amx`) where it runs, else the plan's runner (the small-C_in CPU kernel or
+    oneDNN) then the native channels_last pool (ops/max_pool3d_cl.py: no argmax written)."""
 
     def __init__(self, stem: ResNetBasicStem, backend: str) -> None:
         super().__init__()
@@ -77,7 +79,10 @@ class FusedStem(nn.Module):
                 and resolve_stem_backend(conv.backend, str(x.device), x.dtype) in ("cuda", "triton"):
             return conv3d_bn_act_maxpool(x, conv.weight, conv.bias, conv.stride, conv.padding, activation="relu",
                                          pool_kernel=k, pool_stride=s, pool_padding=p, backend=conv.backend)
-        return torch.nn.functional.max_pool3d(conv.run(x), k, s, p)
+        y = conv.run(x)
+        if y.device.type == "cpu" and resolve_backend(conv.backend, "cpu", y.dtype) == "cpu":
+            return max_pool3d_cl(y, k, s, p)
+        return torch.nn.functional.max_pool3d(y, k, s, p)
 
     def amx(self, x: torch.Tensor, dtype: torch.dtype,
             nonfinite: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:

@@ -225,6 +225,7 @@ def _triton(x, weight, bias, stride, padding, activation, pool, fuse_pool):
 
 def _cpu(x, weight, bias, stride, padding, activation, pool):
     from ..ops.conv3d_small_cin import conv3d_small_cin as conv_small_cin_cpu, small_cin_wins
+    from .max_pool3d_cl import max_pool3d_cl
 
     if small_cin_wins(x, weight.shape, stride, padding, (1, 1, 1)):
         y = conv_small_cin_cpu(x, weight.float(), None if bias is None else bias.float(), stride, padding,
@@ -233,7 +234,7 @@ def _cpu(x, weight, bias, stride, padding, activation, pool):
         w = weight.to(x.dtype).contiguous(memory_format=CL)
         y = conv3d_bn_act(x.contiguous(memory_format=CL), w, bias, stride, padding, activation=activation,
                           backend="cpu")
-    return torch.nn.functional.max_pool3d(y, *pool).contiguous(memory_format=CL)
+    return max_pool3d_cl(y, *pool)
 
 
 def conv3d_bn_act_maxpool(
