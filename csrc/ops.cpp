@@ -34,6 +34,11 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   m.def(
       "conv3d_small_cin(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, str activation, "
       "bool portable=False) -> Tensor");
+  // The same in bf16 on AVX512_BF16 (a CPU without AMX): x float32 or bfloat16 in any layout, rounded to bf16,
+  // stride (1, 2, 2), fp32 accumulation, bfloat16 channels_last_3d out.
+  m.def(
+      "conv3d_small_cin_bf16(Tensor x, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, str activation) "
+      "-> Tensor");
   // The stems on AMX (csrc/cpu/conv3d_stem_amx.cpp): conv3d for 1 to 4 input channels, stride (1, s, s) with s
   // 1 or 2, + bias, activation (relu | none), then (pool_kernel not empty) max_pool3d with kernel (1, k, k),
   // stride (1, s, s), padding (0, p, p); x float32 or bfloat16 in any layout, out channels_last_3d.

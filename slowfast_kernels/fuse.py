@@ -37,6 +37,7 @@ from .ops.conv3d_bn_act_maxpool import resolve_backend as resolve_stem_backend
 from .ops.conv3d_bn_act import resolve_backend
 from .ops.conv3d_stem_amx import conv3d_stem_amx, stem_amx_precision
 from .ops.conv3d_stem_amx import supports as stem_amx_supports
+from .ops.conv3d_small_cin import conv3d_small_cin_bf16, small_cin_bf16_wins
 from .ops.lateral_fuse import lateral_fuse
 from .ops.max_pool3d_cl import max_pool3d_cl
 from .backends import BackendUnavailable
@@ -83,6 +84,20 @@ class FusedStem(nn.Module):
         if y.device.type == "cpu" and resolve_backend(conv.backend, "cpu", y.dtype) == "cpu":
             return max_pool3d_cl(y, k, s, p)
         return torch.nn.functional.max_pool3d(y, k, s, p)
+
+    def bf16_from_raw(self, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The stem of the raw input x for a bf16 model on a CPU with AVX512_BF16 and no AMX: the bf16
+        small-C_in kernel reads x as given (no cast-and-layout pass; ops/conv3d_small_cin.py), then the
+        native pool. None where its rule leaves the stem to the plan's runner (small_cin_bf16_wins: the Fast
+        stem's <= 16 output channels), or for another dtype or backend. Exact semantics (no zero-weight
+        products: NaN and inf propagate), so no finiteness condition."""
+        conv = self.conv
+        if dtype != torch.bfloat16 or x.device.type != "cpu" or resolve_backend(conv.backend, "cpu", dtype) != "cpu":
+            return None
+        if not small_cin_bf16_wins(x, conv.weight.shape, conv.stride, conv.padding, conv.dilation):
+            return None
+        y = conv3d_small_cin_bf16(x, conv.weight, conv.bias, conv.stride, conv.padding, activation="relu")
+        return max_pool3d_cl(y, *self.pool_args)
 
     def amx(self, x: torch.Tensor, dtype: torch.dtype,
             nonfinite: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
@@ -297,12 +312,15 @@ class FusedSlowFast(nn.Module):
     def _stem(self, i: int, x: torch.Tensor, done: Optional[Sequence[Optional[torch.Tensor]]] = None
               ) -> torch.Tensor:
         """Pathway i's stem on its raw input: done[i] when the caller ran it already, else the AMX kernel where
-        it runs (it reads x as given), else x cast to the model dtype and channels_last_3d, then the stem's
-        conv and pool."""
+        it runs, else the AVX512_BF16 one (both read x as given), else x cast to the model dtype and
+        channels_last_3d, then the stem's conv and pool."""
         if done is not None and done[i] is not None:
             return done[i]
-        y = self.stems[i].amx(x, self.dtype)
-        return y if y is not None else self.stems[i](self._prepare(x))
+        stem = self.stems[i]
+        y = stem.amx(x, self.dtype)
+        if y is None:
+            y = stem.bf16_from_raw(x, self.dtype)
+        return y if y is not None else stem(self._prepare(x))
 
     def _cpu_stems(self, inputs: Sequence[torch.Tensor]) -> Tuple[List[Optional[torch.Tensor]], bool]:
         """The CPU forward's finiteness check, with the AMX stems run first: a pathway whose stem runs on AMX is

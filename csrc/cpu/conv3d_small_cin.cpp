@@ -19,7 +19,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include <c10/util/BFloat16.h>
 
 #include "../checks.h"
 
@@ -265,8 +268,219 @@ at::Tensor conv3d_small_cin_cpu(const at::Tensor& x, const at::Tensor& weight, c
   return y;
 }
 
+// ---- bf16 on AVX512_BF16 (a CPU without AMX: the AMX kernel runs the stems where it can) ----------------
+//
+// x rounded to bf16 (round to nearest even, as the model's input cast), bf16 weights, fp32 accumulation
+// (VDPBF16PS: two products a lane), act, bf16 out: oneDNN's bf16 numerics. Stride 2 along H and W (the
+// stems). With stride 2 the zero-padded bf16 input row already is the pair layout: output column j's taps
+// kw and kw + 1 read input columns 2j + kw and 2j + kw + 1, adjacent, so the 32 bf16 at row + 2 * wo0 + kw
+// are the tap pair of 16 columns. An odd KW's last pair is masked to its first element: no data value is
+// multiplied by a zero weight (an inf stays inf, as in the reference). x is read as given (float32 or
+// bfloat16, any strides): no separate cast-and-layout pass before the stem.
+
+constexpr int64_t kPairLanes = 2 * kLanes;  // bf16 elements per register: 16 columns' tap pairs
+
+// The zero-padded bf16 row of x[n, c, t, h, :] (length g.plane elements).
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void prepare_row_bf16(const T* src, const Geometry& g,
+                                                                            float* scratch, uint16_t* dst) {
+  std::memset(dst, 0, sizeof(uint16_t) * g.plane);
+  if constexpr (std::is_same<T, c10::BFloat16>::value) {
+    for (int64_t w = 0; w < g.W; ++w) dst[g.pw + w] = src[w * g.sw].x;
+    return;
+  } else {
+    const float* row = src;
+    if (g.sw != 1) {  // a strided row (channels_last_3d x): gather it first
+      for (int64_t w = 0; w < g.W; ++w) scratch[w] = src[w * g.sw];
+      row = scratch;
+    }
+    for (int64_t w = 0; w < g.W; w += kPairLanes) {
+      const int64_t left = std::min(kPairLanes, g.W - w);
+      const __mmask16 lo = left >= kLanes ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 hi = left <= kLanes ? 0 : static_cast<__mmask16>((1u << (left - kLanes)) - 1);
+      const __m512 a = _mm512_maskz_loadu_ps(lo, row + w);
+      const __m512 b = _mm512_maskz_loadu_ps(hi, row + w + kLanes);
+      const __m512i v = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));
+      const __mmask32 m = left == kPairLanes ? 0xFFFFFFFFu : static_cast<__mmask32>((1ull << left) - 1);
+      _mm512_mask_storeu_epi16(dst + g.pw + w, m, v);
+    }
+  }
+}
+
+// One output row, bf16 out: rows[(kt * KH + kh) * C + c] -> prepared bf16 row (nullptr: padding). wt:
+// [tap pairs][Co_padded] as (w[kw], w[kw + 1]) bf16 pairs, pairs ordered (kt, kh, c, kw / 2).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void row_bf16(const uint16_t* const* rows, const uint32_t* wt,
+                                                                    const float* bias, const Geometry& g,
+                                                                    int64_t co_padded, bool relu, uint16_t* y) {
+  const int64_t pairs = (g.KW + 1) / 2;
+  const bool odd = g.KW % 2 == 1;
+  alignas(64) uint16_t tile[2][kCoBlock][kLanes];
+  for (int64_t co0 = 0; co0 < co_padded; co0 += kCoBlock) {
+    for (int64_t wo0 = 0; wo0 < g.Wo; wo0 += 2 * kLanes) {
+      __m512 a0[kCoBlock], a1[kCoBlock];
+      for (int64_t k = 0; k < kCoBlock; ++k) a0[k] = a1[k] = _mm512_set1_ps(bias[co0 + k]);
+      int64_t pair = 0;
+      for (int64_t r = 0; r < g.KT * g.KH * g.C; ++r) {
+        const uint16_t* row = rows[r];
+        if (row == nullptr) {
+          pair += pairs;
+          continue;
+        }
+        for (int64_t q = 0; q < pairs; ++q, ++pair) {
+          const uint16_t* src = row + 2 * wo0 + 2 * q;
+          __m512i v0 = _mm512_loadu_si512(src);
+          __m512i v1 = _mm512_loadu_si512(src + kPairLanes);
+          if (odd && q == pairs - 1) {  // tap KW does not exist: keep each pair's first element only
+            v0 = _mm512_maskz_mov_epi16(0x55555555u, v0);
+            v1 = _mm512_maskz_mov_epi16(0x55555555u, v1);
+          }
+          const uint32_t* w = wt + pair * co_padded + co0;
+          for (int64_t k = 0; k < kCoBlock; ++k) {
+            const __m512bh wk = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(w[k])));
+            a0[k] = _mm512_dpbf16_ps(a0[k], reinterpret_cast<__m512bh>(v0), wk);
+            a1[k] = _mm512_dpbf16_ps(a1[k], reinterpret_cast<__m512bh>(v1), wk);
+          }
+        }
+      }
+      // max(0, a) keeps NaN (vmaxps returns its second operand when one is NaN), as torch.relu.
+      const __m512 zero = _mm512_setzero_ps();
+      for (int64_t k = 0; k < kCoBlock; ++k) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[0][k]),
+                           reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(relu ? _mm512_max_ps(zero, a0[k]) : a0[k])));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[1][k]),
+                           reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(relu ? _mm512_max_ps(zero, a1[k]) : a1[k])));
+      }
+      const int64_t cols = std::min(2 * kLanes, g.Wo - wo0);
+      const int64_t chans = std::min(kCoBlock, g.Co - co0);
+      for (int64_t i = 0; i < cols; ++i) {
+        for (int64_t k = 0; k < chans; ++k) y[(wo0 + i) * g.Co + co0 + k] = tile[i / kLanes][k][i % kLanes];
+      }
+    }
+  }
+}
+
+uint16_t to_bf16_bits(float v) { return c10::BFloat16(v).x; }  // round to nearest even
+
+at::Tensor conv3d_small_cin_bf16_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, c10::string_view activation) {
+  check_rank(x, 5, "x");
+  check_rank(weight, 5, "weight");
+  check_device(x, c10::DeviceType::CPU, "x");
+  check_device(weight, c10::DeviceType::CPU, "weight");
+  SFK_CHECK(__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"),
+            "conv3d_small_cin_bf16: this CPU has no AVX512_BF16 (needed for its dot products)");
+  SFK_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+            "x: expected float32 or bfloat16, got ", x.scalar_type());
+  SFK_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "x: expected 1 to 4 input channels (the stems), got ", x.size(1));
+  SFK_CHECK(weight.size(1) == x.size(1), "weight: expected ", x.size(1), " input channels, got shape ",
+            weight.sizes());
+  SFK_CHECK(weight.scalar_type() == at::kFloat, "weight: expected float32, got ", weight.scalar_type());
+  SFK_CHECK(stride.size() == 3 && stride[0] == 1 && stride[1] == 2 && stride[2] == 2,
+            "stride: expected (1, 2, 2), got ", stride);
+  SFK_CHECK(padding.size() == 3 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0,
+            "padding: expected 3 values >= 0, got ", padding);
+  SFK_CHECK(activation == "relu" || activation == "none", "activation: expected 'relu' or 'none', got '",
+            activation, "'");
+  Geometry g{};
+  g.N = x.size(0), g.C = x.size(1), g.T = x.size(2), g.H = x.size(3), g.W = x.size(4);
+  g.Co = weight.size(0), g.KT = weight.size(2), g.KH = weight.size(3), g.KW = weight.size(4);
+  g.s = 2, g.pt = padding[0], g.ph = padding[1], g.pw = padding[2];
+  g.To = g.T + 2 * g.pt - g.KT + 1;
+  g.Ho = (g.H + 2 * g.ph - g.KH) / g.s + 1;
+  g.Wo = (g.W + 2 * g.pw - g.KW) / g.s + 1;
+  SFK_CHECK(g.To > 0 && g.Ho > 0 && g.Wo > 0 && g.T + 2 * g.pt >= g.KT && g.H + 2 * g.ph >= g.KH &&
+                g.W + 2 * g.pw >= g.KW,
+            "x: spatial size ", x.sizes().slice(2), " is smaller than the kernel ", weight.sizes().slice(2),
+            " (padding ", padding, ")");
+  const int64_t wo_padded = (g.Wo + 2 * kLanes - 1) / (2 * kLanes) * (2 * kLanes);
+  const int64_t pairs = (g.KW + 1) / 2;
+  g.planes = 1;
+  // bf16 elements a prepared row: the last block's second load at the last pair ends before
+  // 2 * wo_padded + 2 * pairs; the padded input row itself is pw + W long.
+  g.plane = (std::max(2 * wo_padded + 2 * pairs, g.pw + g.W) + kPairLanes) / kPairLanes * kPairLanes;
+  const int64_t co_padded = (g.Co + kCoBlock - 1) / kCoBlock * kCoBlock;
+  g.sn = x.stride(0), g.sc = x.stride(1), g.st = x.stride(2), g.sh = x.stride(3), g.sw = x.stride(4);
+
+  std::vector<uint32_t> wt(g.KT * g.KH * g.C * pairs * co_padded, 0u);
+  const auto wa = weight.accessor<float, 5>();
+  for (int64_t co = 0; co < g.Co; ++co)
+    for (int64_t kt = 0; kt < g.KT; ++kt)
+      for (int64_t kh = 0; kh < g.KH; ++kh)
+        for (int64_t c = 0; c < g.C; ++c)
+          for (int64_t q = 0; q < pairs; ++q) {
+            const uint32_t lo = to_bf16_bits(wa[co][c][kt][kh][2 * q]);
+            const uint32_t hi = 2 * q + 1 < g.KW ? to_bf16_bits(wa[co][c][kt][kh][2 * q + 1]) : 0u;
+            wt[(((kt * g.KH + kh) * g.C + c) * pairs + q) * co_padded + co] = lo | (hi << 16);
+          }
+  std::vector<float> b(co_padded, 0.0f);
+  if (bias.has_value() && bias->defined()) {
+    SFK_CHECK(bias->dim() == 1 && bias->size(0) == g.Co && bias->scalar_type() == at::kFloat,
+              "bias: expected a float32 tensor of shape [", g.Co, "], got ", bias->scalar_type(), " ", bias->sizes());
+    const auto ba = bias->accessor<float, 1>();
+    for (int64_t co = 0; co < g.Co; ++co) b[co] = ba[co];
+  }
+  at::Tensor y = at::empty({g.N, g.Co, g.To, g.Ho, g.Wo},
+                           x.options().dtype(at::kBFloat16).memory_format(at::MemoryFormat::ChannelsLast3d));
+  if (y.numel() == 0) return y;
+  const bool relu = activation == "relu";
+  const bool is_bf16 = x.scalar_type() == at::kBFloat16;
+  const float* xf = is_bf16 ? nullptr : x.data_ptr<float>();
+  const c10::BFloat16* xb = is_bf16 ? x.data_ptr<c10::BFloat16>() : nullptr;
+  uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr<c10::BFloat16>());
+  const int64_t bands = (g.Ho + kRowsPerTask - 1) / kRowsPerTask;
+
+  at::parallel_for(0, g.N * g.To * bands, 1, [&](int64_t begin, int64_t end) {
+    const int64_t span = (kRowsPerTask - 1) * g.s + g.KH;
+    std::vector<uint16_t> prepared(g.KT * g.C * span * g.plane);
+    std::vector<float> scratch(g.W);
+    std::vector<const uint16_t*> rows(g.KT * g.KH * g.C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t band = task % bands, nt = task / bands;
+      const int64_t to = nt % g.To, n = nt / g.To;
+      const int64_t ho0 = band * kRowsPerTask, ho1 = std::min(g.Ho, ho0 + kRowsPerTask);
+      const int64_t h_lo = ho0 * g.s - g.ph;
+      for (int64_t kt = 0; kt < g.KT; ++kt) {
+        const int64_t ti = to + kt - g.pt;
+        for (int64_t c = 0; c < g.C; ++c) {
+          for (int64_t r = 0; r < (ho1 - 1 - ho0) * g.s + g.KH; ++r) {
+            const int64_t hi = h_lo + r;
+            if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;  // padding: the row pointer is null
+            const int64_t offset = n * g.sn + c * g.sc + ti * g.st + hi * g.sh;
+            uint16_t* dst = prepared.data() + ((kt * g.C + c) * span + r) * g.plane;
+            if (is_bf16) {
+              prepare_row_bf16(xb + offset, g, scratch.data(), dst);
+            } else {
+              prepare_row_bf16(xf + offset, g, scratch.data(), dst);
+            }
+          }
+        }
+      }
+      for (int64_t ho = ho0; ho < ho1; ++ho) {
+        for (int64_t kt = 0; kt < g.KT; ++kt) {
+          const int64_t ti = to + kt - g.pt;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t r = (ho - ho0) * g.s + kh;
+            const int64_t hi = h_lo + r;
+            const bool valid = ti >= 0 && ti < g.T && hi >= 0 && hi < g.H;
+            for (int64_t c = 0; c < g.C; ++c) {
+              rows[(kt * g.KH + kh) * g.C + c] =
+                  valid ? prepared.data() + ((kt * g.C + c) * span + r) * g.plane : nullptr;
+            }
+          }
+        }
+        row_bf16(rows.data(), wt.data(), b.data(), g, co_padded, relu, yp + ((n * g.To + to) * g.Ho + ho) * g.Wo * g.Co);
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(slowfast_kernels, CPU, m) { m.impl("conv3d_small_cin", &conv3d_small_cin_cpu); }
+TORCH_LIBRARY_IMPL(slowfast_kernels, CPU, m) {
+  m.impl("conv3d_small_cin", &conv3d_small_cin_cpu);
+  m.impl("conv3d_small_cin_bf16", &conv3d_small_cin_bf16_cpu);
+}
 
 }  // namespace slowfast_kernels

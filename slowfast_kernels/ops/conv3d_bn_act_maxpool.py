@@ -6,7 +6,8 @@ Backends: triton = the small-C_in kernels (slowfast_kernels/triton/conv3d_bn_act
 tap-row kernels for even column strides and W), with the pool fused when it is the stem pool
 ((1,3,3)/(1,2,2)/(0,1,1)) and `fuse_pool_rule` says so (both stems at stride 2), else the conv kernel then
 torch's max_pool3d; cuda = triton on CUDA tensors; cpu = the CPU conv (the vectorized
-small-C_in kernel where plan's measured rule picks it, else oneDNN's fused conv) then max_pool3d;
+small-C_in kernel where plan's measured rule picks it, its bf16 form for bf16 x on AVX512_BF16 without
+AMX, else oneDNN's fused conv) then the native channels_last pool (ops/max_pool3d_cl.py);
 reference = eager conv3d + bias + relu + max_pool3d.
 
 Every backend returns channels_last_3d (the fused model's layout), whatever x's layout.
@@ -225,9 +226,13 @@ def _triton(x, weight, bias, stride, padding, activation, pool, fuse_pool):
 
 def _cpu(x, weight, bias, stride, padding, activation, pool):
     from ..ops.conv3d_small_cin import conv3d_small_cin as conv_small_cin_cpu, small_cin_wins
+    from ..ops.conv3d_small_cin import conv3d_small_cin_bf16, small_cin_bf16_wins
     from .max_pool3d_cl import max_pool3d_cl
 
-    if small_cin_wins(x, weight.shape, stride, padding, (1, 1, 1)):
+    if x.dtype == torch.bfloat16 and small_cin_bf16_wins(x, weight.shape, stride, padding, (1, 1, 1)):
+        y = conv3d_small_cin_bf16(x, weight.float(), None if bias is None else bias.float(), stride, padding,
+                                  activation=activation)
+    elif small_cin_wins(x, weight.shape, stride, padding, (1, 1, 1)):
         y = conv_small_cin_cpu(x, weight.float(), None if bias is None else bias.float(), stride, padding,
                                activation=activation)
     else:

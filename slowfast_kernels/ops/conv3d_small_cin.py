@@ -3,7 +3,8 @@
 oneDNN vectorizes over output channels, which the Fast stem's 8 fill half of (it runs 3 -> 8 at the same
 speed as 3 -> 16). The native kernel (csrc/cpu/conv3d_small_cin.cpp) puts 16 output columns in a register
 and one register per output channel instead. Used by the fused model's CPU runners where `small_cin_wins`
-says so; callable on its own.
+says so; callable on its own. conv3d_small_cin_bf16 is the same in bf16 (AVX512_BF16 dot products, two
+taps a lane) for bf16 models on CPUs without AMX, reading the float32 clip as given (`small_cin_bf16_wins`).
 """
 from __future__ import annotations
 
@@ -61,9 +62,54 @@ def conv3d_small_cin(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                                                        portable)
 
 
+def supports_bf16(x: torch.Tensor, weight_shape, stride, padding, dilation) -> Optional[str]:
+    """None when the bf16 kernel (AVX512_BF16 dot products) computes this conv on this machine, else why not."""
+    if _ext.LOAD_ERROR is not None:
+        return _ext.LOAD_ERROR
+    if "avx512_bf16" not in cpu_isa.current().flags or "avx512bw" not in cpu_isa.current().flags:
+        return f"needs AVX512_BF16 ({cpu_isa.current().model} has none)"
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return f"needs float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}"
+    if x.dim() != 5 or not 1 <= weight_shape[1] <= 4 or x.shape[1] != weight_shape[1]:
+        return f"needs a 5-d x and 1 to 4 input channels, the weight's, got x {tuple(x.shape)}, weight " \
+               f"{tuple(weight_shape)}"
+    if tuple(dilation) != (1, 1, 1) or tuple(stride) != (1, 2, 2):
+        return f"needs stride (1, 2, 2) and no dilation, got stride {tuple(stride)} dilation {tuple(dilation)}"
+    return None
+
+
+def small_cin_bf16_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
+    """The measured rule for bf16 models on a CPU with AVX512_BF16 and no AMX (the AMX kernel runs the stems
+    there). An AMD EPYC with AVX-512 BF16, 2 cores, from the float32 input clip: the Fast stem (3 -> 8, 5x7x7)
+    20 ms here against 36 ms for the bf16 cast and oneDNN's bf16 conv at batch 1 (78 vs 188 at batch 4); the
+    Slow stem (3 -> 64, 1x7x7) 8.6 vs 8.0 (53 vs 54 at batch 4): no gain, oneDNN keeps it. So: up to 16
+    output channels."""
+    return (cpu_isa.tier() == "avx512" and weight_shape[0] <= 16
+            and supports_bf16(x, weight_shape, stride, padding, dilation) is None)
+
+
+def conv3d_small_cin_bf16(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          stride: Sequence[int], padding: Sequence[int], *, activation: str = "relu") -> torch.Tensor:
+    """act(conv3d(bf16(x), bf16(weight)) + bias) on AVX512_BF16, fp32 accumulation, bfloat16 out (oneDNN's bf16
+    numerics). x [N, C_in <= 4, T, H, W] float32 or bfloat16 CPU, any strides (read as given: no cast pass);
+    weight [C_out, C_in, kd, kh, kw] float32; bias [C_out] float32 or None; stride (1, 2, 2). Returns
+    [N, C_out, To, Ho, Wo] bfloat16 channels_last_3d."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError("conv3d_small_cin_bf16: x is no tensor")
+    why = supports_bf16(x, weight.shape, stride, padding, (1, 1, 1))
+    if why is not None:
+        raise ValueError(f"conv3d_small_cin_bf16: {why}")
+    return torch.ops.slowfast_kernels.conv3d_small_cin_bf16(x, weight, bias, list(stride), list(padding), activation)
+
+
 if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("slowfast_kernels::conv3d_small_cin")
     def _fake(x, weight, bias, stride, padding, activation, portable=False):
         shape = output_shape(x.shape, weight.shape, stride, padding, (1, 1, 1))
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_small_cin_bf16")
+    def _fake_bf16(x, weight, bias, stride, padding, activation):
+        shape = output_shape(x.shape, weight.shape, stride, padding, (1, 1, 1))
+        return torch.empty(shape, dtype=torch.bfloat16, device=x.device, memory_format=torch.channels_last_3d)
