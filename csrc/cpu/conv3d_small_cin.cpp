@@ -13,7 +13,8 @@
 // rows of one frame).
 //
 // AVX-512 where the CPU has it (chosen at run time; the library is built without -march), else a portable
-// loop. Accumulation in fp32, taps in the order (kt, kh, ci, kw).
+// loop. Accumulation in fp32, taps in the order (kt, kh, ci, kw). conv3d_small_cin_bf16 (below) is the same
+// band loop in bf16 on AVX512_BF16, for bf16 models on CPUs without AMX.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -152,6 +153,55 @@ void row_portable(const float* const* rows, const float* wt, const float* bias, 
   }
 }
 
+// The band loop of both precisions. A task is a band of kRowsPerTask output rows of one (n, to): it prepares
+// the band's input rows once (prepare(element offset of x's row, scratch, dst): row_elems elements of Elem),
+// each serving the ~3.5 output rows whose windows overlap it, then computes each output row from its
+// KT * KH * C row pointers (row(rows, output row index (n * To + to) * Ho + ho); nullptr: a padding row).
+template <typename Elem, typename Prepare, typename Row>
+void for_each_band(const Geometry& g, int64_t row_elems, int64_t scratch_floats, const Prepare& prepare,
+                   const Row& row) {
+  const int64_t bands = (g.Ho + kRowsPerTask - 1) / kRowsPerTask;
+  at::parallel_for(0, g.N * g.To * bands, 1, [&](int64_t begin, int64_t end) {
+    // Prepared rows for one band: input rows hi in [h_lo, h_lo + span) of the KT frames, every channel.
+    const int64_t span = (kRowsPerTask - 1) * g.s + g.KH;
+    std::vector<Elem> prepared(g.KT * g.C * span * row_elems);
+    std::vector<float> scratch(scratch_floats);
+    std::vector<const Elem*> rows(g.KT * g.KH * g.C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t band = task % bands, nt = task / bands;
+      const int64_t to = nt % g.To, n = nt / g.To;
+      const int64_t ho0 = band * kRowsPerTask, ho1 = std::min(g.Ho, ho0 + kRowsPerTask);
+      const int64_t h_lo = ho0 * g.s - g.ph;
+      for (int64_t kt = 0; kt < g.KT; ++kt) {
+        const int64_t ti = to + kt - g.pt;
+        for (int64_t c = 0; c < g.C; ++c) {
+          for (int64_t r = 0; r < (ho1 - 1 - ho0) * g.s + g.KH; ++r) {
+            const int64_t hi = h_lo + r;
+            if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;  // padding: the row pointer is null
+            prepare(n * g.sn + c * g.sc + ti * g.st + hi * g.sh, scratch.data(),
+                    prepared.data() + ((kt * g.C + c) * span + r) * row_elems);
+          }
+        }
+      }
+      for (int64_t ho = ho0; ho < ho1; ++ho) {
+        for (int64_t kt = 0; kt < g.KT; ++kt) {
+          const int64_t ti = to + kt - g.pt;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t r = (ho - ho0) * g.s + kh;
+            const int64_t hi = h_lo + r;
+            const bool valid = ti >= 0 && ti < g.T && hi >= 0 && hi < g.H;
+            for (int64_t c = 0; c < g.C; ++c) {
+              rows[(kt * g.KH + kh) * g.C + c] =
+                  valid ? prepared.data() + ((kt * g.C + c) * span + r) * row_elems : nullptr;
+            }
+          }
+        }
+        row(rows.data(), (n * g.To + to) * g.Ho + ho);
+      }
+    }
+  });
+}
+
 at::Tensor conv3d_small_cin_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                 at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view activation,
                                 bool portable) {
@@ -213,58 +263,23 @@ at::Tensor conv3d_small_cin_cpu(const at::Tensor& x, const at::Tensor& weight, c
   const float* wp = wt.data();
   const float* bp = b.data();
   float* yp = y.data_ptr<float>();
-  const int64_t row_floats = g.plane * g.planes;
-  const int64_t bands = (g.Ho + kRowsPerTask - 1) / kRowsPerTask;
-
-  at::parallel_for(0, g.N * g.To * bands, 1, [&](int64_t begin, int64_t end) {
-    // Prepared rows for one band: input rows hi in [h_lo, h_lo + span) of the KT frames, every channel.
-    const int64_t span = (kRowsPerTask - 1) * g.s + g.KH;
-    std::vector<float> prepared(g.KT * g.C * span * row_floats);
-    std::vector<float> scratch(2 * g.plane + 2 * kLanes);
-    std::vector<const float*> rows(g.KT * g.KH * g.C);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t band = task % bands, nt = task / bands;
-      const int64_t to = nt % g.To, n = nt / g.To;
-      const int64_t ho0 = band * kRowsPerTask, ho1 = std::min(g.Ho, ho0 + kRowsPerTask);
-      const int64_t h_lo = ho0 * g.s - g.ph;
-      for (int64_t kt = 0; kt < g.KT; ++kt) {
-        const int64_t ti = to + kt - g.pt;
-        for (int64_t c = 0; c < g.C; ++c) {
-          for (int64_t r = 0; r < (ho1 - 1 - ho0) * g.s + g.KH; ++r) {
-            const int64_t hi = h_lo + r;
-            if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;  // padding: the row pointer is null
-            const float* src = xp + n * g.sn + c * g.sc + ti * g.st + hi * g.sh;
-            float* dst = prepared.data() + ((kt * g.C + c) * span + r) * row_floats;
-            if (avx512) {
-              prepare_row_avx512(src, g, scratch.data(), dst);
-            } else {
-              prepare_row(src, g, scratch.data(), dst);
-            }
-          }
-        }
-      }
-      for (int64_t ho = ho0; ho < ho1; ++ho) {
-        for (int64_t kt = 0; kt < g.KT; ++kt) {
-          const int64_t ti = to + kt - g.pt;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t r = (ho - ho0) * g.s + kh;
-            const int64_t hi = h_lo + r;
-            const bool valid = ti >= 0 && ti < g.T && hi >= 0 && hi < g.H;
-            for (int64_t c = 0; c < g.C; ++c) {
-              rows[(kt * g.KH + kh) * g.C + c] =
-                  valid ? prepared.data() + ((kt * g.C + c) * span + r) * row_floats : nullptr;
-            }
-          }
-        }
-        float* yrow = yp + ((n * g.To + to) * g.Ho + ho) * g.Wo * g.Co;
+  for_each_band<float>(
+      g, g.plane * g.planes, 2 * g.plane + 2 * kLanes,
+      [&](int64_t offset, float* scratch, float* dst) {
         if (avx512) {
-          row_avx512(rows.data(), wp, bp, g, co_padded, relu, yrow);
+          prepare_row_avx512(xp + offset, g, scratch, dst);
         } else {
-          row_portable(rows.data(), wp, bp, g, co_padded, relu, yrow);
+          prepare_row(xp + offset, g, scratch, dst);
         }
-      }
-    }
-  });
+      },
+      [&](const float* const* rows, int64_t out_row) {
+        float* yrow = yp + out_row * g.Wo * g.Co;
+        if (avx512) {
+          row_avx512(rows, wp, bp, g, co_padded, relu, yrow);
+        } else {
+          row_portable(rows, wp, bp, g, co_padded, relu, yrow);
+        }
+      });
   return y;
 }
 
@@ -428,51 +443,18 @@ at::Tensor conv3d_small_cin_bf16_cpu(const at::Tensor& x, const at::Tensor& weig
   const float* xf = is_bf16 ? nullptr : x.data_ptr<float>();
   const c10::BFloat16* xb = is_bf16 ? x.data_ptr<c10::BFloat16>() : nullptr;
   uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr<c10::BFloat16>());
-  const int64_t bands = (g.Ho + kRowsPerTask - 1) / kRowsPerTask;
-
-  at::parallel_for(0, g.N * g.To * bands, 1, [&](int64_t begin, int64_t end) {
-    const int64_t span = (kRowsPerTask - 1) * g.s + g.KH;
-    std::vector<uint16_t> prepared(g.KT * g.C * span * g.plane);
-    std::vector<float> scratch(g.W);
-    std::vector<const uint16_t*> rows(g.KT * g.KH * g.C);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t band = task % bands, nt = task / bands;
-      const int64_t to = nt % g.To, n = nt / g.To;
-      const int64_t ho0 = band * kRowsPerTask, ho1 = std::min(g.Ho, ho0 + kRowsPerTask);
-      const int64_t h_lo = ho0 * g.s - g.ph;
-      for (int64_t kt = 0; kt < g.KT; ++kt) {
-        const int64_t ti = to + kt - g.pt;
-        for (int64_t c = 0; c < g.C; ++c) {
-          for (int64_t r = 0; r < (ho1 - 1 - ho0) * g.s + g.KH; ++r) {
-            const int64_t hi = h_lo + r;
-            if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;  // padding: the row pointer is null
-            const int64_t offset = n * g.sn + c * g.sc + ti * g.st + hi * g.sh;
-            uint16_t* dst = prepared.data() + ((kt * g.C + c) * span + r) * g.plane;
-            if (is_bf16) {
-              prepare_row_bf16(xb + offset, g, scratch.data(), dst);
-            } else {
-              prepare_row_bf16(xf + offset, g, scratch.data(), dst);
-            }
-          }
+  for_each_band<uint16_t>(
+      g, g.plane, g.W,
+      [&](int64_t offset, float* scratch, uint16_t* dst) {
+        if (is_bf16) {
+          prepare_row_bf16(xb + offset, g, scratch, dst);
+        } else {
+          prepare_row_bf16(xf + offset, g, scratch, dst);
         }
-      }
-      for (int64_t ho = ho0; ho < ho1; ++ho) {
-        for (int64_t kt = 0; kt < g.KT; ++kt) {
-          const int64_t ti = to + kt - g.pt;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t r = (ho - ho0) * g.s + kh;
-            const int64_t hi = h_lo + r;
-            const bool valid = ti >= 0 && ti < g.T && hi >= 0 && hi < g.H;
-            for (int64_t c = 0; c < g.C; ++c) {
-              rows[(kt * g.KH + kh) * g.C + c] =
-                  valid ? prepared.data() + ((kt * g.C + c) * span + r) * g.plane : nullptr;
-            }
-          }
-        }
-        row_bf16(rows.data(), wt.data(), b.data(), g, co_padded, relu, yp + ((n * g.To + to) * g.Ho + ho) * g.Wo * g.Co);
-      }
-    }
-  });
+      },
+      [&](const uint16_t* const* rows, int64_t out_row) {
+        row_bf16(rows, wt.data(), b.data(), g, co_padded, relu, yp + out_row * g.Wo * g.Co);
+      });
   return y;
 }
 
