@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from slowfast_reference.lateral import FuseFastToSlow, lateral_channels
-from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem, ResStage, SlowFast, check_inputs, \
-    head_pool
+from slowfast_reference.models import ResBlock, ResNetBasicHead, ResNetBasicStem, ResStage, SlowFast, cat_pooled, \
+    check_inputs, head_pool
 
 from .ops.conv3d_bn_act_maxpool import MAX_SMALL_CIN, conv3d_bn_act_maxpool
 from .ops.conv3d_bn_act_maxpool import resolve_backend as resolve_stem_backend
@@ -360,7 +360,7 @@ class FusedSlowFast(nn.Module):
                 pooled.append(f.mean(dim=(2, 3, 4), keepdim=True, dtype=torch.float32))
             else:
                 pooled.append(head_pool(f.float(), kernel))
-        return torch.cat(pooled, dim=1)
+        return cat_pooled(pooled, self.head_kernels)
 
     def head(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """The reference head in eval mode, in fp32: each pathway pooled with its fixed window (stride 1),

@@ -58,6 +58,21 @@ def test_fused_bare_lateral_and_softmax_head():
     torch.testing.assert_close(out.sum(-1), torch.ones(1))
 
 
+def test_clip_longer_than_the_head_window_is_named():
+    """A clip longer than the model's frames per clip leaves a different number of positions per pathway
+    under the fixed head windows (R50 8x8, 48 frames: 12 - 8 + 1 = 5 Slow, 48 - 32 + 1 = 17 Fast), where
+    PySlowFast fails inside torch.cat: reference and fused model both say what it is and what to do, and
+    with the global head pool the clip is classified, fused equal to the reference."""
+    model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
+    x = R.pack_pathways(torch.randn(1, 3, 48, 32, 32), model.config.alpha)
+    with torch.no_grad():
+        for run in (model, sk.fuse(model)):
+            with pytest.raises(ValueError, match=r"position grids \[\(5, 1, 1\), \(17, 1, 1\)\].*set_head_pool\('global'\)"):
+                run(x)
+        model.set_head_pool("global")
+        assert _rel_err(sk.fuse(model)(x), model(x)) < 1e-4
+
+
 @pytest.mark.parametrize("head_act", [None, "softmax"])
 @pytest.mark.parametrize("arch", ["slowfast_r50_8x8", "slow_r50_8x8"])
 def test_fused_head_pools_the_fixed_window(arch, head_act):

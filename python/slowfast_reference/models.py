@@ -199,6 +199,21 @@ def head_pool(x: torch.Tensor, kernel: Optional[Tuple[int, int, int]]) -> torch.
     return torch.nn.functional.avg_pool3d(x, k, stride=1)
 
 
+def cat_pooled(pooled: Sequence[torch.Tensor], kernels: Sequence[Optional[Tuple[int, int, int]]]) -> torch.Tensor:
+    """The pathways' pooled maps concatenated along channels. Their position grids must match: with the fixed
+    windows a clip longer than the model's frames per clip leaves a different number of positions per
+    pathway (R50 8x8, 64 frames: 16 - 8 + 1 = 9 Slow, 64 - 32 + 1 = 33 Fast), where PySlowFast fails in
+    torch.cat; here the error says so and what to do."""
+    grids = [tuple(p.shape[2:]) for p in pooled]
+    if len(set(grids)) > 1:
+        raise ValueError(
+            f"inputs: the head's fixed AvgPool3d windows {list(kernels)} (PySlowFast's, made for the model's "
+            f"frames per clip) leave position grids {grids} per pathway, which cannot be concatenated: the clip "
+            "is longer than the model takes; classify clips of its length, or pool whole clips with "
+            "model.set_head_pool('global')")
+    return torch.cat(list(pooled), dim=1)
+
+
 class PoolConcatPathway(nn.Module):
     """Per pathway AvgPool3d with a FIXED window (T_pathway, train_crop / 32, train_crop / 32), stride 1,
     then concat [slow, fast] along channels. At a 224 input one position remains (a global pool); at 256 a
@@ -213,7 +228,7 @@ class PoolConcatPathway(nn.Module):
 
     def forward(self, x: List[torch.Tensor]) -> torch.Tensor:
         kernels = self.kernels or [None] * len(x)
-        return torch.cat([head_pool(xi, k) for xi, k in zip(x, kernels)], dim=1)
+        return cat_pooled([head_pool(xi, k) for xi, k in zip(x, kernels)], kernels)
 
 
 class ResNetBasicHead(nn.Module):
