@@ -64,8 +64,9 @@ class FusedStem(nn.Module):
     """conv (BN folded) + ReLU + max-pool. On CUDA (and the triton backend) one conv3d_bn_act_maxpool call:
     the small-C_in Triton kernels, cuDNN's slowest layer otherwise (the Fast stem: 28.7 ms of a 52 ms
     batch-32 forward on an H200), with the pool fused where its shape rule says so. On CPU the AMX kernel
-    (conv and pool in one pass, `amx`) where it runs, else the plan's runner (the small-C_in CPU kernel or
-    oneDNN) then the native channels_last pool (ops/max_pool3d_cl.py: no argmax written)."""
+    (conv and pool in one pass, `amx`) where it runs, else for a bf16 model on AVX512_BF16 the bf16
+    small-C_in kernel on the raw clip (`bf16_from_raw`, the Fast stem), else the plan's runner (the
+    small-C_in CPU kernel or oneDNN); then the native channels_last pool (ops/max_pool3d_cl.py: no argmax)."""
 
     def __init__(self, stem: ResNetBasicStem, backend: str) -> None:
         super().__init__()
