@@ -8,7 +8,6 @@ CUDA). The head is one roi_align_pool call (temporal pool + RoIAlign + max over 
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -18,7 +17,7 @@ from slowfast_reference.detection import SlowFastDetector
 
 from .fuse import FusedLateral, FusedSlowFast, FusedStage, FusedStem
 from .ops.roi_align_pool import roi_align_pool
-from .plan import FoldedConv, reuse_cpu_buffers
+from .plan import FoldedConv, inputs_known_finite, reuse_cpu_buffers
 
 
 class FusedSlowFastDetector(nn.Module):
@@ -46,6 +45,7 @@ class FusedSlowFastDetector(nn.Module):
     # The backbone runs exactly as FusedSlowFast's (same attributes: stems, stages, laterals).
     _prepare = FusedSlowFast._prepare
     _stem = FusedSlowFast._stem
+    _cpu_stems = FusedSlowFast._cpu_stems
     backbone = FusedSlowFast.backbone
 
     def reset(self) -> None:
@@ -68,9 +68,15 @@ class FusedSlowFastDetector(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
         SlowFastDetector.check_inputs(self, inputs, boxes)
-        cpu = inputs[0].device.type == "cpu"
-        with torch.no_grad(), reuse_cpu_buffers() if cpu else contextlib.nullcontext():
-            return self.head(self.backbone(inputs), boxes)
+        if inputs[0].device.type != "cpu" or torch.compiler.is_compiling():
+            with torch.no_grad():
+                return self.head(self.backbone(inputs), boxes)
+        # As FusedSlowFast's CPU forward: the AMX stems first (they check their own inputs), one finiteness
+        # check for the rest, so no oneDNN ReLU layer sums its operands again.
+        with torch.no_grad(), reuse_cpu_buffers():
+            stems, finite = self._cpu_stems(inputs)
+            with inputs_known_finite(finite):
+                return self.head(self.backbone(inputs, stems), boxes)
 
 
 def fuse_detector(model: SlowFastDetector, dtype: torch.dtype = torch.float32,

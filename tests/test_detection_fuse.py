@@ -43,6 +43,30 @@ def test_fused_detector_matches_reference(detector):
         assert fused.head(feats, boxes[:0]).shape == (0, 80)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_detector_propagates_nan_like_the_reference(detector, dtype):
+    """A NaN in one clip of the batch (the CPU forward checks its inputs once, as FusedSlowFast's) spreads
+    over that clip's whole feature map; every box of it that samples the map is NaN, as in the reference
+    (the bins' max keeps NaN), and the other clip's boxes stay finite and equal. Box 3 lies beyond the map
+    (x1 * 1/16 > W): torchvision's RoIAlign reads no feature value for it, a 0, and so does roi_align_pool;
+    the reference's separable einsum multiplies the NaN map by zero weights there (a NaN-only departure of
+    the reference from torchvision), so that box is left out of the comparison."""
+    x, boxes = clip_and_boxes(h=32, w=48)
+    x = [t.clone() for t in x]
+    x[1][1, :, 3, 10, 20] = float("nan")  # the Fast pathway of clip 1
+    with torch.no_grad():
+        expected = detector(x, boxes)
+        actual = sk.fuse_detector(detector, dtype=dtype)(x, boxes)
+    inside = torch.tensor([True, True, True, False, True])
+    assert boxes[3, 1] / 16 > x[0].shape[-1] / 16  # box 3 starts past the 3-column feature map
+    assert torch.equal(actual[inside].isnan(), expected[inside].isnan())
+    assert actual[2].isnan().all() and actual[4].isnan().all() and not actual[3].isnan().any()
+    clean = boxes[:, 0] == 0
+    assert not expected[clean].isnan().any()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(actual[clean], expected[clean], atol=tol, rtol=tol)
+
+
 def test_fuse_detector_bad_input(detector):
     with pytest.raises(TypeError, match="fuse_detector: model must be"):
         sk.fuse_detector(torch.nn.Linear(2, 2))

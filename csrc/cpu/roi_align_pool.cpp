@@ -21,6 +21,9 @@
 namespace slowfast_kernels {
 namespace {
 
+// max(a, b) that keeps NaN from either side, as torch's max / amax (std::max(a, NaN) returns a).
+inline float max_keep_nan(float a, float b) { return (b > a || std::isnan(b)) ? b : a; }
+
 template <typename scalar_t>
 void temporal_pool(const at::Tensor& x, bool take_max, float* map) {
   const int64_t N = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
@@ -37,7 +40,7 @@ void temporal_pool(const at::Tensor& x, bool take_max, float* map) {
       for (int64_t t = 0; t < T; ++t) {
         const scalar_t* frame = base + t * s2;
         if (take_max) {
-          for (int64_t c = 0; c < C; ++c) row[c] = std::max(row[c], static_cast<float>(frame[c * s1]));
+          for (int64_t c = 0; c < C; ++c) row[c] = max_keep_nan(row[c], static_cast<float>(frame[c * s1]));
         } else {
           for (int64_t c = 0; c < C; ++c) row[c] += static_cast<float>(frame[c * s1]);
         }
@@ -129,7 +132,7 @@ void pool_boxes(const float* map, const float* boxes, int64_t K, int64_t H, int6
               }
             }
           }
-          for (int64_t c = 0; c < C; ++c) best[c] = std::max(best[c], acc[c] * inv_count);
+          for (int64_t c = 0; c < C; ++c) best[c] = max_keep_nan(best[c], acc[c] * inv_count);
         }
       }
       std::copy(best.begin(), best.end(), out + k * out_stride + out_offset);
