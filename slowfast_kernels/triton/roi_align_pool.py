@@ -18,11 +18,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _max_keep_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _corner(base, offset, tile_mask, s_t_c, inv_t, TEMPORAL_MAX: tl.constexpr):
     """The time pool of the [BLOCK_T, BLOCK_C] tile at one pixel: [BLOCK_C] (0 where the tile is masked)."""
     if TEMPORAL_MAX:
         v = tl.load(base + offset + s_t_c, mask=tile_mask, other=float("-inf")).to(tl.float32)
-        return tl.where(tl.sum(tile_mask.to(tl.int32), axis=0) > 0, tl.max(v, axis=0), 0.0)
+        # tl.max need not keep NaN (the GPU's max drops it): reduced with a NaN-keeping max, as torch's
+        return tl.where(tl.sum(tile_mask.to(tl.int32), axis=0) > 0, tl.reduce(v, 0, _max_keep_nan), 0.0)
     v = tl.load(base + offset + s_t_c, mask=tile_mask, other=0.0).to(tl.float32)
     return tl.sum(v, axis=0) * inv_t
 
@@ -89,7 +95,7 @@ def _roi_align_pool_kernel(
                     v += ly * hx * _corner(base, y_high * s3 + x_low * s4, m, s_t_c, inv_t, TEMPORAL_MAX)
                     v += ly * lx * _corner(base, y_high * s3 + x_high * s4, m, s_t_c, inv_t, TEMPORAL_MAX)
                     acc += tl.where(valid, v, 0.0)
-            best = tl.maximum(best, acc * inv_count)
+            best = tl.maximum(best, acc * inv_count, propagate_nan=tl.PropagateNan.ALL)  # NaN kept, as torch
     tl.store(out_ptr + k * out_stride + col0 + c, best, mask=c_mask)
 
 
