@@ -89,6 +89,17 @@ inline const float* tap_base(const float* row, int64_t kw, const Geometry& g) {
   return row + kw;
 }
 
+// A register block's results [2][kCoBlock][kLanes] (two 16-column blocks) into the channels_last output row:
+// the valid columns and channels of block (wo0, co0).
+template <typename T>
+inline void store_tile(const T (&tile)[2][kCoBlock][kLanes], const Geometry& g, int64_t wo0, int64_t co0, T* y) {
+  const int64_t cols = std::min(2 * kLanes, g.Wo - wo0);
+  const int64_t chans = std::min(kCoBlock, g.Co - co0);
+  for (int64_t i = 0; i < cols; ++i) {
+    for (int64_t k = 0; k < chans; ++k) y[(wo0 + i) * g.Co + co0 + k] = tile[i / kLanes][k][i % kLanes];
+  }
+}
+
 // One output row: y[n, :, to, ho, :] = act(bias + sum over taps). rows[(kt * KH + kh) * C + c] -> prepared row
 // (nullptr where the input row is padding). wt: [taps][Co_padded] with taps ordered (kt, kh, c, kw).
 // Two 16-column blocks per pass: each broadcast weight feeds two FMAs, so the loop is bound by the FMA ports
@@ -125,11 +136,7 @@ __attribute__((target("avx512f"))) void row_avx512(const float* const* rows, con
         _mm512_store_ps(tile[0][k], relu ? _mm512_max_ps(zero, a0[k]) : a0[k]);
         _mm512_store_ps(tile[1][k], relu ? _mm512_max_ps(zero, a1[k]) : a1[k]);
       }
-      const int64_t cols = std::min(2 * kLanes, g.Wo - wo0);
-      const int64_t chans = std::min(kCoBlock, g.Co - co0);
-      for (int64_t i = 0; i < cols; ++i) {
-        for (int64_t k = 0; k < chans; ++k) y[(wo0 + i) * g.Co + co0 + k] = tile[i / kLanes][k][i % kLanes];
-      }
+      store_tile(tile, g, wo0, co0, y);
     }
   }
 }
@@ -151,6 +158,43 @@ void row_portable(const float* const* rows, const float* wt, const float* bias, 
     }
     for (int64_t k = 0; k < g.Co; ++k) y[wo * g.Co + k] = relu ? std::max(acc[k], 0.0f) : acc[k];
   }
+}
+
+// The checks and the geometry both launchers share: x and weight 5-d CPU tensors, 1 to 4 input channels,
+// padding, activation, the output size; the row layout (plane, planes) is each launcher's own.
+Geometry stem_geometry(const at::Tensor& x, const at::Tensor& weight, int64_t s, at::IntArrayRef padding,
+                       c10::string_view activation) {
+  SFK_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "x: expected 1 to 4 input channels (the stems), got ", x.size(1));
+  SFK_CHECK(weight.size(1) == x.size(1), "weight: expected ", x.size(1), " input channels, got shape ",
+            weight.sizes());
+  SFK_CHECK(padding.size() == 3 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0,
+            "padding: expected 3 values >= 0, got ", padding);
+  SFK_CHECK(activation == "relu" || activation == "none", "activation: expected 'relu' or 'none', got '",
+            activation, "'");
+  Geometry g{};
+  g.N = x.size(0), g.C = x.size(1), g.T = x.size(2), g.H = x.size(3), g.W = x.size(4);
+  g.Co = weight.size(0), g.KT = weight.size(2), g.KH = weight.size(3), g.KW = weight.size(4);
+  g.s = s, g.pt = padding[0], g.ph = padding[1], g.pw = padding[2];
+  g.To = g.T + 2 * g.pt - g.KT + 1;
+  g.Ho = (g.H + 2 * g.ph - g.KH) / g.s + 1;
+  g.Wo = (g.W + 2 * g.pw - g.KW) / g.s + 1;
+  SFK_CHECK(g.To > 0 && g.Ho > 0 && g.Wo > 0 && g.H + 2 * g.ph >= g.KH && g.W + 2 * g.pw >= g.KW,
+            "x: spatial size ", x.sizes().slice(2), " is smaller than the kernel ", weight.sizes().slice(2),
+            " (padding ", padding, ")");
+  g.sn = x.stride(0), g.sc = x.stride(1), g.st = x.stride(2), g.sh = x.stride(3), g.sw = x.stride(4);
+  return g;
+}
+
+// The bias padded with zeros to co_padded (zeros without one).
+std::vector<float> padded_bias(const c10::optional<at::Tensor>& bias, const Geometry& g, int64_t co_padded) {
+  std::vector<float> b(co_padded, 0.0f);
+  if (bias.has_value() && bias->defined()) {
+    SFK_CHECK(bias->dim() == 1 && bias->size(0) == g.Co && bias->scalar_type() == at::kFloat,
+              "bias: expected a float32 tensor of shape [", g.Co, "], got ", bias->scalar_type(), " ", bias->sizes());
+    const auto ba = bias->accessor<float, 1>();
+    for (int64_t co = 0; co < g.Co; ++co) b[co] = ba[co];
+  }
+  return b;
 }
 
 // The band loop of both precisions. A task is a band of kRowsPerTask output rows of one (n, to): it prepares
@@ -210,32 +254,15 @@ at::Tensor conv3d_small_cin_cpu(const at::Tensor& x, const at::Tensor& weight, c
   check_device(x, c10::DeviceType::CPU, "x");
   check_device(weight, c10::DeviceType::CPU, "weight");
   SFK_CHECK(x.scalar_type() == at::kFloat, "x: expected float32, got ", x.scalar_type());
-  SFK_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "x: expected 1 to 4 input channels (the stems), got ", x.size(1));
-  SFK_CHECK(weight.size(1) == x.size(1), "weight: expected ", x.size(1), " input channels, got shape ",
-            weight.sizes());
   SFK_CHECK(stride.size() == 3 && stride[0] == 1 && stride[1] == stride[2] && (stride[1] == 1 || stride[1] == 2),
             "stride: expected (1, s, s) with s 1 or 2, got ", stride);
-  SFK_CHECK(padding.size() == 3 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0,
-            "padding: expected 3 values >= 0, got ", padding);
-  SFK_CHECK(activation == "relu" || activation == "none", "activation: expected 'relu' or 'none', got '",
-            activation, "'");
-  Geometry g{};
-  g.N = x.size(0), g.C = x.size(1), g.T = x.size(2), g.H = x.size(3), g.W = x.size(4);
-  g.Co = weight.size(0), g.KT = weight.size(2), g.KH = weight.size(3), g.KW = weight.size(4);
-  g.s = stride[1], g.pt = padding[0], g.ph = padding[1], g.pw = padding[2];
-  g.To = g.T + 2 * g.pt - g.KT + 1;
-  g.Ho = (g.H + 2 * g.ph - g.KH) / g.s + 1;
-  g.Wo = (g.W + 2 * g.pw - g.KW) / g.s + 1;
-  SFK_CHECK(g.To > 0 && g.Ho > 0 && g.Wo > 0 && g.H + 2 * g.ph >= g.KH && g.W + 2 * g.pw >= g.KW,
-            "x: spatial size ", x.sizes().slice(2), " is smaller than the kernel ", weight.sizes().slice(2),
-            " (padding ", padding, ")");
+  Geometry g = stem_geometry(x, weight, stride[1], padding, activation);
   const int64_t wo_padded = (g.Wo + 2 * kLanes - 1) / (2 * kLanes) * (2 * kLanes);  // whole pairs of blocks
   g.planes = g.s == 2 ? 2 : 1;
   // Room for the last block's 16 loads at the farthest tap (stride 1: wo + kw; stride 2: wo + kw / 2).
   g.plane = (wo_padded + g.KW + kLanes) / kLanes * kLanes;
   const int64_t co_padded = (g.Co + kCoBlock - 1) / kCoBlock * kCoBlock;
 
-  g.sn = x.stride(0), g.sc = x.stride(1), g.st = x.stride(2), g.sh = x.stride(3), g.sw = x.stride(4);
   // Weights as [taps][Co_padded], taps ordered (kt, kh, c, kw); bias padded with zeros.
   // (A few thousand floats: rearranged here on every call rather than cached.)
   SFK_CHECK(weight.scalar_type() == at::kFloat, "weight: expected float32, got ", weight.scalar_type());
@@ -247,13 +274,7 @@ at::Tensor conv3d_small_cin_cpu(const at::Tensor& x, const at::Tensor& weight, c
         for (int64_t c = 0; c < g.C; ++c)
           for (int64_t kw = 0; kw < g.KW; ++kw)
             wt[(((kt * g.KH + kh) * g.C + c) * g.KW + kw) * co_padded + co] = wa[co][c][kt][kh][kw];
-  std::vector<float> b(co_padded, 0.0f);
-  if (bias.has_value() && bias->defined()) {
-    SFK_CHECK(bias->dim() == 1 && bias->size(0) == g.Co && bias->scalar_type() == at::kFloat,
-              "bias: expected a float32 tensor of shape [", g.Co, "], got ", bias->scalar_type(), " ", bias->sizes());
-    const auto ba = bias->accessor<float, 1>();
-    for (int64_t co = 0; co < g.Co; ++co) b[co] = ba[co];
-  }
+  const std::vector<float> b = padded_bias(bias, g, co_padded);
   at::Tensor y = at::empty({g.N, g.Co, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   if (y.numel() == 0) return y;
 
@@ -365,11 +386,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void row_bf16(const uint1
         _mm256_store_si256(reinterpret_cast<__m256i*>(tile[1][k]),
                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(relu ? _mm512_max_ps(zero, a1[k]) : a1[k])));
       }
-      const int64_t cols = std::min(2 * kLanes, g.Wo - wo0);
-      const int64_t chans = std::min(kCoBlock, g.Co - co0);
-      for (int64_t i = 0; i < cols; ++i) {
-        for (int64_t k = 0; k < chans; ++k) y[(wo0 + i) * g.Co + co0 + k] = tile[i / kLanes][k][i % kLanes];
-      }
+      store_tile(tile, g, wo0, co0, y);
     }
   }
 }
@@ -387,27 +404,10 @@ at::Tensor conv3d_small_cin_bf16_cpu(const at::Tensor& x, const at::Tensor& weig
             "conv3d_small_cin_bf16: this CPU has no AVX512_BF16 (needed for its dot products)");
   SFK_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
             "x: expected float32 or bfloat16, got ", x.scalar_type());
-  SFK_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "x: expected 1 to 4 input channels (the stems), got ", x.size(1));
-  SFK_CHECK(weight.size(1) == x.size(1), "weight: expected ", x.size(1), " input channels, got shape ",
-            weight.sizes());
   SFK_CHECK(weight.scalar_type() == at::kFloat, "weight: expected float32, got ", weight.scalar_type());
   SFK_CHECK(stride.size() == 3 && stride[0] == 1 && stride[1] == 2 && stride[2] == 2,
             "stride: expected (1, 2, 2), got ", stride);
-  SFK_CHECK(padding.size() == 3 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0,
-            "padding: expected 3 values >= 0, got ", padding);
-  SFK_CHECK(activation == "relu" || activation == "none", "activation: expected 'relu' or 'none', got '",
-            activation, "'");
-  Geometry g{};
-  g.N = x.size(0), g.C = x.size(1), g.T = x.size(2), g.H = x.size(3), g.W = x.size(4);
-  g.Co = weight.size(0), g.KT = weight.size(2), g.KH = weight.size(3), g.KW = weight.size(4);
-  g.s = 2, g.pt = padding[0], g.ph = padding[1], g.pw = padding[2];
-  g.To = g.T + 2 * g.pt - g.KT + 1;
-  g.Ho = (g.H + 2 * g.ph - g.KH) / g.s + 1;
-  g.Wo = (g.W + 2 * g.pw - g.KW) / g.s + 1;
-  SFK_CHECK(g.To > 0 && g.Ho > 0 && g.Wo > 0 && g.T + 2 * g.pt >= g.KT && g.H + 2 * g.ph >= g.KH &&
-                g.W + 2 * g.pw >= g.KW,
-            "x: spatial size ", x.sizes().slice(2), " is smaller than the kernel ", weight.sizes().slice(2),
-            " (padding ", padding, ")");
+  Geometry g = stem_geometry(x, weight, 2, padding, activation);
   const int64_t wo_padded = (g.Wo + 2 * kLanes - 1) / (2 * kLanes) * (2 * kLanes);
   const int64_t pairs = (g.KW + 1) / 2;
   g.planes = 1;
@@ -415,7 +415,6 @@ at::Tensor conv3d_small_cin_bf16_cpu(const at::Tensor& x, const at::Tensor& weig
   // 2 * wo_padded + 2 * pairs; the padded input row itself is pw + W long.
   g.plane = (std::max(2 * wo_padded + 2 * pairs, g.pw + g.W) + kPairLanes) / kPairLanes * kPairLanes;
   const int64_t co_padded = (g.Co + kCoBlock - 1) / kCoBlock * kCoBlock;
-  g.sn = x.stride(0), g.sc = x.stride(1), g.st = x.stride(2), g.sh = x.stride(3), g.sw = x.stride(4);
 
   std::vector<uint32_t> wt(g.KT * g.KH * g.C * pairs * co_padded, 0u);
   const auto wa = weight.accessor<float, 5>();
@@ -428,13 +427,7 @@ at::Tensor conv3d_small_cin_bf16_cpu(const at::Tensor& x, const at::Tensor& weig
             const uint32_t hi = 2 * q + 1 < g.KW ? to_bf16_bits(wa[co][c][kt][kh][2 * q + 1]) : 0u;
             wt[(((kt * g.KH + kh) * g.C + c) * pairs + q) * co_padded + co] = lo | (hi << 16);
           }
-  std::vector<float> b(co_padded, 0.0f);
-  if (bias.has_value() && bias->defined()) {
-    SFK_CHECK(bias->dim() == 1 && bias->size(0) == g.Co && bias->scalar_type() == at::kFloat,
-              "bias: expected a float32 tensor of shape [", g.Co, "], got ", bias->scalar_type(), " ", bias->sizes());
-    const auto ba = bias->accessor<float, 1>();
-    for (int64_t co = 0; co < g.Co; ++co) b[co] = ba[co];
-  }
+  const std::vector<float> b = padded_bias(bias, g, co_padded);
   at::Tensor y = at::empty({g.N, g.Co, g.To, g.Ho, g.Wo},
                            x.options().dtype(at::kBFloat16).memory_format(at::MemoryFormat::ChannelsLast3d));
   if (y.numel() == 0) return y;

@@ -62,17 +62,27 @@ def conv3d_small_cin(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                                                        portable)
 
 
-def supports_bf16(x: torch.Tensor, weight_shape, stride, padding, dilation) -> Optional[str]:
-    """None when the bf16 kernel (AVX512_BF16 dot products) computes this conv on this machine, else why not."""
-    if _ext.LOAD_ERROR is not None:
-        return _ext.LOAD_ERROR
-    if "avx512_bf16" not in cpu_isa.current().flags or "avx512bw" not in cpu_isa.current().flags:
-        return f"needs AVX512_BF16 ({cpu_isa.current().model} has none)"
+def raw_clip_problem(x: torch.Tensor, weight_shape) -> Optional[str]:
+    """Why a stem kernel that reads the raw clip (this bf16 one, the AMX one) cannot take x, or None: it
+    needs a float32 or bfloat16 5-d CPU tensor with the weight's 1 to 4 input channels."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return f"needs float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}"
     if x.dim() != 5 or not 1 <= weight_shape[1] <= 4 or x.shape[1] != weight_shape[1]:
         return f"needs a 5-d x and 1 to 4 input channels, the weight's, got x {tuple(x.shape)}, weight " \
                f"{tuple(weight_shape)}"
+    return None
+
+
+def supports_bf16(x: torch.Tensor, weight_shape, stride, padding, dilation) -> Optional[str]:
+    """None when the bf16 kernel (AVX512_BF16 dot products) computes this conv on this machine, else why not."""
+    if _ext.LOAD_ERROR is not None:
+        return _ext.LOAD_ERROR
+    isa = cpu_isa.current()
+    if not {"avx512_bf16", "avx512bw"} <= isa.flags:
+        return f"needs AVX512_BF16 ({isa.model} has none)"
+    why = raw_clip_problem(x, weight_shape)
+    if why is not None:
+        return why
     if tuple(dilation) != (1, 1, 1) or tuple(stride) != (1, 2, 2):
         return f"needs stride (1, 2, 2) and no dilation, got stride {tuple(stride)} dilation {tuple(dilation)}"
     return None

@@ -18,6 +18,7 @@ import torch
 
 from .. import _ext, cpu_isa
 from .conv3d_bn_act import output_shape
+from .conv3d_small_cin import raw_clip_problem
 
 PRECISIONS = ("bf16", "bf16x3")
 
@@ -34,11 +35,9 @@ def supports(x: torch.Tensor, weight_shape, stride, padding, dilation) -> Option
         return _ext.LOAD_ERROR
     if not amx_available():
         return f"needs AMX-BF16 tiles ({cpu_isa.current().model} offers none, or the OS refused them)"
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
-        return f"needs float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}"
-    if x.dim() != 5 or not 1 <= weight_shape[1] <= 4 or x.shape[1] != weight_shape[1]:
-        return f"needs a 5-d x and 1 to 4 input channels, the weight's, got x {tuple(x.shape)}, weight " \
-               f"{tuple(weight_shape)}"
+    why = raw_clip_problem(x, weight_shape)
+    if why is not None:
+        return why
     if tuple(dilation) != (1, 1, 1) or stride[0] != 1 or stride[1] != stride[2] or stride[1] not in (1, 2):
         return f"needs stride (1, s, s) with s 1 or 2 and no dilation, got stride {tuple(stride)} " \
                f"dilation {tuple(dilation)}"
