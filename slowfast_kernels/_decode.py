@@ -175,6 +175,7 @@ class _Collector:
         self.held: Dict[int, np.ndarray] = {}
         self.next = 0
         self.last: Optional[Tuple[int, object]] = None
+        self.rgb = RGB()
 
     @property
     def first_needed(self) -> int:
@@ -184,7 +185,7 @@ class _Collector:
         self.last = (number, frame)
         if self.users.get(number) and number not in self.held:
             self.budget.acquire(frame.width * frame.height * 3)
-            self.held[number] = frame.to_ndarray(format="rgb24")
+            self.held[number] = self.rgb(frame)
 
     def ready(self, number: int) -> bool:
         return self.next < len(self.clips) and self.numbers[self.next][-1] <= number
@@ -284,7 +285,8 @@ def read_all(path, who: str = "read_video") -> Tuple[torch.Tensor, float]:
     """Every decoded frame, uint8 [V, H, W, 3], and the fps."""
     s = Stream(path, who)
     try:
-        frames = [f.to_ndarray(format="rgb24") for _, f in s.frames(0, False)]
+        rgb = RGB()
+        frames = [rgb(f) for _, f in s.frames(0, False)]
         if not frames:
             raise VideoDecodeError(f"{who}: {s.path}: no frame could be decoded")
         return torch.from_numpy(np.stack(frames)), s.fps or 0.0
@@ -304,20 +306,35 @@ def is_stream(path) -> bool:
     return text == "-" or (bool(_SCHEME.match(text)) and not text.lower().startswith("file://"))
 
 
+# Seconds a live URL may go without data (opening, or between reads) before it counts as gone.
+DEFAULT_STREAM_TIMEOUT = 30.0
+
+
 class LiveStream:
     """A live input PyAV can open: stdin ("-", read as ffmpeg's pipe:0) or a URL. Frames come in decoding
     order, numbered from the first one decoded; num_frames is None (unknown until the end), fps the
-    codec's frame rate (else the stream's average, guessed or base rate), None when the stream gives none."""
+    codec's frame rate (else the stream's average, guessed or base rate), None when the stream gives none.
+
+    timeout: seconds a URL may give no data, while opening (a listening URL: the wait for its sender counts)
+    or between two reads, before it fails with a VideoDecodeError naming --stream-timeout; None or 0: wait
+    forever. Standard input is read until it closes (a pipe's blocking read has no timeout)."""
 
     num_frames = None
 
-    def __init__(self, url: str, who: str = "classify"):
+    def __init__(self, url: str, who: str = "classify", timeout: Optional[float] = DEFAULT_STREAM_TIMEOUT):
         self.path, self.who = url, who
+        self.timeout = timeout if timeout and url != "-" else None
         self.av = import_av()
         self.errors = (self.av.error.FFmpegError, OSError, ValueError)
         try:
-            self.container = self.av.open("pipe:0" if url == "-" else url)
+            if url == "-":
+                self.container = self.av.open("pipe:0")
+            else:
+                self.container = self.av.open(url, timeout=None if self.timeout is None else (self.timeout,) * 2)
         except self.errors as exc:
+            if self._timed_out(exc):
+                raise VideoDecodeError(f"{who}: {url}: no data within {self.timeout:g} s of opening "
+                                       "(--stream-timeout)") from exc
             name = "standard input" if url == "-" else url
             raise VideoDecodeError(f"{who}: {name}: cannot open the stream ({exc})") from exc
         if not self.container.streams.video:
@@ -329,13 +346,21 @@ class LiveStream:
                 or self.stream.base_rate)
         self.fps = float(rate) if rate else None
 
+    def _timed_out(self, exc: BaseException) -> bool:
+        """exc is PyAV's interrupt of a read that waited past the timeout (FFmpeg's AVERROR_EXIT)."""
+        return self.timeout is not None and isinstance(exc, self.av.error.ExitError)
+
     def frames(self, first: int = 0, seek: bool = False) -> Iterator[Tuple[int, "object"]]:
         """(frame number, av.VideoFrame) in order, every frame (first and seek are Stream's; a stream is never
         sought)."""
+        number = -1
         try:
             for number, frame in enumerate(self.container.decode(self.stream)):
                 yield number, frame
         except self.errors as exc:
+            if self._timed_out(exc):
+                raise VideoDecodeError(f"{self.who}: {self.path}: no data for {self.timeout:g} s after "
+                                       f"{number + 1} frames (--stream-timeout)") from exc
             raise VideoDecodeError(f"{self.who}: {self.path}: decoding the stream failed ({exc})") from exc
 
     def close(self) -> None:
@@ -357,7 +382,8 @@ class RGB:
         return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
-def open_in_order(path, who: str = "classify"):
-    """A source of every frame in order, each decoded once: a LiveStream for "-" and URLs, else a Stream
-    (frame count and fps known from the demuxer). Both have .fps, .num_frames, .frames(0, False), .close()."""
-    return LiveStream(path, who) if is_stream(path) else Stream(path, who)
+def open_in_order(path, who: str = "classify", stream_timeout: Optional[float] = DEFAULT_STREAM_TIMEOUT):
+    """A source of every frame in order, each decoded once: a LiveStream for "-" and URLs (stream_timeout:
+    LiveStream's timeout), else a Stream (frame count and fps known from the demuxer). Both have .fps,
+    .num_frames, .frames(0, False), .close()."""
+    return LiveStream(path, who, stream_timeout) if is_stream(path) else Stream(path, who)

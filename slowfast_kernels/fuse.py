@@ -239,7 +239,7 @@ class FusedSlowFast(nn.Module):
     def set_max_cached_shapes(self, n: int) -> None:
         """Keep the runners of the last n input signatures (n >= 1; fuse's max_cached_shapes). Runners beyond
         the new bound are dropped and their memory returned to the system (release_cpu_buffers)."""
-        self.max_cached_shapes = check_max_cached_shapes(n, "FusedSlowFast")
+        self.max_cached_shapes = check_max_cached_shapes(n, type(self).__name__)
         self._signatures: "collections.OrderedDict[tuple, None]" = collections.OrderedDict()
         dropped = False
         for m in self.modules():
@@ -568,7 +568,7 @@ def fuse(
     if isinstance(model, SlowFastDetector):
         from .fuse_detection import fuse_detector
 
-        return fuse_detector(model, dtype, device, backend)
+        return fuse_detector(model, dtype, device, backend, max_cached_shapes)
     if not isinstance(model, SlowFast):
         if not isinstance(model, nn.Module):
             raise TypeError(f"fuse: model must be a slowfast_reference.SlowFast or a PyTorchVideo SlowFast / Slow "

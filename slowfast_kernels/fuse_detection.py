@@ -8,6 +8,7 @@ CUDA). The head is one roi_align_pool call (temporal pool + RoIAlign + max over 
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -17,14 +18,16 @@ from slowfast_reference.detection import SlowFastDetector
 
 from .fuse import FusedLateral, FusedSlowFast, FusedStage, FusedStem
 from .ops.roi_align_pool import roi_align_pool
-from .plan import FoldedConv, inputs_known_finite, reuse_cpu_buffers
+from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, check_max_cached_shapes, inputs_known_finite,
+                   release_cpu_buffers, reuse_cpu_buffers)
 
 
 class FusedSlowFastDetector(nn.Module):
     """Inference-only drop-in for a reference SlowFastDetector: ``fused([slow, fast], boxes) -> [K, classes]``
     (float32). Inputs may be any layout; they are cast to the model dtype and channels_last_3d."""
 
-    def __init__(self, model: SlowFastDetector, dtype: torch.dtype, backend: str) -> None:
+    def __init__(self, model: SlowFastDetector, dtype: torch.dtype, backend: str,
+                 max_cached_shapes: int = DEFAULT_MAX_CACHED_SHAPES) -> None:
         super().__init__()
         self.config, self.dtype, self.backend = model.config, dtype, backend
         self.slow_only = False
@@ -41,12 +44,20 @@ class FusedSlowFastDetector(nn.Module):
         # fp32 classifier: [K, 2304] x [2304, classes] is negligible next to the backbone
         self.register_buffer("head_weight", head.proj.weight.detach().float().clone())
         self.register_buffer("head_bias", head.proj.bias.detach().float().clone())
+        self._signatures_lock = threading.Lock()
+        self.set_max_cached_shapes(max_cached_shapes)
 
     # The backbone runs exactly as FusedSlowFast's (same attributes: stems, stages, laterals).
     _prepare = FusedSlowFast._prepare
     _stem = FusedSlowFast._stem
     _cpu_stems = FusedSlowFast._cpu_stems
     backbone = FusedSlowFast.backbone
+    # The runner cache as FusedSlowFast's: the last max_cached_shapes input signatures keep their runners; a
+    # signature pushing one out returns the CPU buffer cache's idle blocks and the heap's free pages.
+    set_max_cached_shapes = FusedSlowFast.set_max_cached_shapes
+    _note_signature = FusedSlowFast._note_signature
+    __getstate__ = FusedSlowFast.__getstate__
+    __setstate__ = FusedSlowFast.__setstate__
 
     def reset(self) -> None:
         """Forget every prepared runner (after editing weights in place)."""
@@ -73,18 +84,25 @@ class FusedSlowFastDetector(nn.Module):
                 return self.head(self.backbone(inputs), boxes)
         # As FusedSlowFast's CPU forward: the AMX stems first (they check their own inputs), one finiteness
         # check for the rest, so no oneDNN ReLU layer sums its operands again.
-        with torch.no_grad(), reuse_cpu_buffers():
-            stems, finite = self._cpu_stems(inputs)
-            with inputs_known_finite(finite):
-                return self.head(self.backbone(inputs, stems), boxes)
+        evicted = self._note_signature(inputs)
+        try:
+            with torch.no_grad(), reuse_cpu_buffers():
+                stems, finite = self._cpu_stems(inputs)
+                with inputs_known_finite(finite):
+                    return self.head(self.backbone(inputs, stems), boxes)
+        finally:
+            if evicted:  # the pushed-out runners' packed weights were freed into the cache during this forward
+                release_cpu_buffers()
 
 
 def fuse_detector(model: SlowFastDetector, dtype: torch.dtype = torch.float32,
-                  device: Optional[torch.device] = None, backend: str = "auto") -> FusedSlowFastDetector:
+                  device: Optional[torch.device] = None, backend: str = "auto",
+                  max_cached_shapes: int = DEFAULT_MAX_CACHED_SHAPES) -> FusedSlowFastDetector:
     """Turn an eval-mode reference SlowFastDetector (or a PyTorchVideo detector object, read into the reference
     of its architecture) into a fused inference model (see module docstring).
 
-    fused(inputs, boxes) equals model(inputs, boxes) within 1e-4 in fp32. The reference is not modified."""
+    fused(inputs, boxes) equals model(inputs, boxes) within 1e-4 in fp32. The reference is not modified.
+    max_cached_shapes: as fuse's (the backbone's input signatures keeping their runners; boxes do not count)."""
     if not isinstance(model, SlowFastDetector):
         if not isinstance(model, nn.Module):
             raise TypeError(f"fuse_detector: model must be a slowfast_reference SlowFastDetector or a PyTorchVideo "
@@ -101,10 +119,11 @@ def fuse_detector(model: SlowFastDetector, dtype: torch.dtype = torch.float32,
         raise ValueError("fuse_detector: model is in train mode; call model.eval() first")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"fuse_detector: dtype must be float32, bfloat16 or float16, got {dtype}")
+    check_max_cached_shapes(max_cached_shapes, "fuse_detector")
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ValueError(f"fuse_detector: model weight {name} has non-finite values (NaN or inf)")
         device = torch.device(device) if device is not None else next(model.parameters()).device
-        fused = FusedSlowFastDetector(model, dtype, backend).to(device)
+        fused = FusedSlowFastDetector(model, dtype, backend, max_cached_shapes).to(device)
     return fused.eval()

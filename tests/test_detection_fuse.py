@@ -78,3 +78,42 @@ def test_fuse_detector_bad_input(detector):
     x, _ = clip_and_boxes(n=1, h=32, w=32)
     with pytest.raises(ValueError, match="boxes: expected a \\[K, 5\\]"):
         fused(x, torch.zeros(2, 4))
+    for bad in (0, 2.5, "4"):
+        with pytest.raises(ValueError, match="fuse_detector: max_cached_shapes must be an int >= 1"):
+            sk.fuse_detector(detector, max_cached_shapes=bad)
+
+
+def test_fused_detector_keeps_the_last_shapes_and_releases_pushed_out_memory(detector, monkeypatch):
+    """As FusedSlowFast: the runners of the last max_cached_shapes input signatures (boxes do not count), and a
+    signature that pushes one out returns the buffer cache's idle blocks before and after its forward. Copies
+    drop the runners and keep the bound; the outputs of a shape rebuilt after eviction are unchanged."""
+    import pickle
+    import sys
+
+    from slowfast_kernels.plan import FoldedConv
+
+    fuse_module = sys.modules["slowfast_kernels.fuse"]  # (the package's `fuse` attribute is the function)
+    detection_module = sys.modules["slowfast_kernels.fuse_detection"]
+
+    released = []
+    for module in (fuse_module, detection_module):
+        real = module.release_cpu_buffers
+        monkeypatch.setattr(module, "release_cpu_buffers",
+                            lambda trim=True, real=real: (released.append(trim), real(trim=trim))[1])
+    fused = sk.fuse(detector, max_cached_shapes=2)
+    assert isinstance(fused, sk.FusedSlowFastDetector) and fused.max_cached_shapes == 2
+    shapes = [(32, 32), (32, 48), (32, 32), (48, 32)]  # the third is cached; the fourth pushes (32, 48) out
+    outputs = {}
+    with torch.no_grad():
+        for i, (h, w) in enumerate(shapes):
+            x, boxes = clip_and_boxes(n=1, h=h, w=w)
+            y = fused(x, boxes[: 1 + i % 2])  # the box count varies: not part of the signature
+            outputs.setdefault((h, w), y)
+            assert released == ([False, True] if i == 3 else [])
+        convs = [m for m in fused.modules() if isinstance(m, FoldedConv)]
+        assert max(m.cached_shapes() for m in convs) == 2
+        x, boxes = clip_and_boxes(n=1, h=32, w=48)
+        torch.testing.assert_close(fused(x, boxes[:2]), outputs[(32, 48)], rtol=1e-6, atol=1e-6)  # rebuilt
+        copy = pickle.loads(pickle.dumps(fused))
+        assert copy.max_cached_shapes == 2 and not any(m._runners for m in copy.modules() if isinstance(m, FoldedConv))
+        torch.testing.assert_close(copy(x, boxes[:2]), outputs[(32, 48)], rtol=1e-6, atol=1e-6)

@@ -349,3 +349,47 @@ def test_tcp_stream_drops_windows_when_the_model_falls_behind(monkeypatch, capsy
     assert f"{end['dropped']} dropped (the model fell behind the stream)" in captured.err
     # memory stays bounded while windows are dropped: the frame map and one waiting window
     assert seen["assembler"].peak <= seen["assembler"].windows.bound() and seen["queue"].peak_windows == 1
+
+
+def test_a_silent_url_times_out_while_opening():
+    """A sender that connects and sends nothing: the open gives up after the timeout, one line naming it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        started = time.perf_counter()
+        with pytest.raises(_decode.VideoDecodeError, match=r"no data within 0\.5 s of opening \(--stream-timeout\)"):
+            _decode.LiveStream(url, "classify", timeout=0.5)
+        assert time.perf_counter() - started < 20
+
+
+def test_a_stalled_stream_ends_in_an_error_line(capsys):
+    """The sender stops after 64 frames (8 s) and keeps the connection open: after --stream-timeout the
+    stream's timeline ends with an error line (the windows complete before it written), instead of waiting
+    forever."""
+    port = _free_port()
+    writer = _writer(f"tcp://127.0.0.1:{port}", 80, pause=64, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        started = time.perf_counter()
+        code = main(["classify", f"tcp://127.0.0.1:{port}?listen=1", "--window", "1", "--batch-size", "1",
+                     "--stream-timeout", "2", *TINY])
+        waited = time.perf_counter() - started
+    finally:
+        writer.kill()
+        writer.wait(60)
+    captured = capsys.readouterr()
+    lines = json_lines(captured.out)
+    assert code == 3  # a video with an error line
+    windows, error = lines[:-1], lines[-1]
+    ks = [r["window"] for r in windows]  # the sender outruns the model: windows may be dropped
+    assert ks and ks == sorted(set(ks)) and ks[-1] < 8 and all(r["end"] <= 8 for r in windows)
+    assert [r["dropped"] for r in windows] == [k - p - 1 for k, p in zip(ks, [-1] + ks)]
+    assert "error" in error and "no data for 2 s after" in error["error"] and "(--stream-timeout)" in error["error"]
+    assert waited < 60
+
+
+@pytest.mark.parametrize("value, message", [("-1", "expected a number of seconds >= 0, got -1"),
+                                            ("soon", "expected a number of seconds >= 0, got 'soon'")])
+def test_bad_stream_timeout_is_one_line(value, message, capsys):
+    assert main(["classify", "-", "--stream-timeout", value, *TINY]) == 2
+    assert message in capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import torch
 
+from .. import _decode
 from . import options, protocol as test_protocol
 from .errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "clip, num_frames x sampling rate / 30 fps: 2.13 s for R50 8x8)")
     p.add_argument("--stride", type=options.positive_seconds, default=None, metavar="SEC",
                    help="seconds between the starts of consecutive windows (default: --window)")
+    p.add_argument("--stream-timeout", type=options.seconds_or_zero, default=_decode.DEFAULT_STREAM_TIMEOUT,
+                   metavar="SEC",
+                   help="a URL that gives no data for SEC seconds (opening, listening for its sender, or between "
+                        f"reads) fails with an error line instead of waiting forever; 0: no limit (default: "
+                        f"{_decode.DEFAULT_STREAM_TIMEOUT:g}; standard input is read until it closes)")
     p.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="append the JSON lines to FILE; videos already in it are skipped, so a stopped run "
                         "resumes; a FILE made with other settings is refused (default, or -: stdout)")

@@ -40,6 +40,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def seconds_or_zero(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0 (0: no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
 def check_device(text: str) -> torch.device:
     try:
         device = torch.device(text)

@@ -247,16 +247,17 @@ class WindowQueue:
 
 
 def decode_windows(videos: List[str], make_windows: Callable[[float, Optional[int]], Windows], out: WindowQueue,
-                   assemblers: Optional[list] = None) -> None:
+                   assemblers: Optional[list] = None,
+                   stream_timeout: Optional[float] = _decode.DEFAULT_STREAM_TIMEOUT) -> None:
     """The decoding thread: each video opened in order, every frame decoded once, its complete windows put
     into `out` between ("open", path, (fps, windows)) and ("end", path, stats) or ("error", path, exc); then
-    ("done", "", None)."""
+    ("done", "", None). stream_timeout: a live URL's seconds without data (_decode.LiveStream)."""
     try:
         for path in videos:
             started = time.perf_counter()
             source = None
             try:
-                source = _decode.open_in_order(path, "classify")
+                source = _decode.open_in_order(path, "classify", stream_timeout)
                 if source.fps is None:
                     raise _decode.VideoDecodeError(f"classify: {path}: the stream gives no frame rate, so its "
                                                    "windows (seconds) have no frames")
@@ -578,8 +579,8 @@ def _run(args, device, p: _Plan, fused, cfg, source, labels, results, proto, liv
     queue = WindowQueue(args.batch_size, drop=live)
     make = lambda fps, total: Windows(fps, args.window, args.stride, cfg.num_frames,  # noqa: E731
                                       None if live else total)
-    decoder = threading.Thread(target=decode_windows, args=(p.pending, make, queue), name="timeline-decode",
-                               daemon=True)
+    decoder = threading.Thread(target=decode_windows, args=(p.pending, make, queue, None, args.stream_timeout),
+                               name="timeline-decode", daemon=True)
     timelines: Dict[str, _Timeline] = {}
     failed = 0
     decoder.start()
