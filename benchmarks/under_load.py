@@ -139,8 +139,16 @@ def main(argv=None):
         print(f"{args.impl} {args.size}px b{args.batch} {c:18s} median {result[c]['median_s'] * 1e3:8.1f} ms  "
               f"min {t[0] * 1e3:8.1f}  max {t[-1] * 1e3:8.1f}  ({len(t)} forwards)")
     if args.json:
+        record = {"size": args.size, "batch": args.batch, "impl": args.impl, "results": result}
+        try:  # the machine, versions and commit, as the pytest-benchmark suites record them
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from conftest import machine_info
+
+            record["machine"] = machine_info()
+        except ImportError as exc:
+            record["machine"] = {"unavailable": str(exc)}
         with open(args.json, "w") as f:
-            json.dump({"size": args.size, "batch": args.batch, "impl": args.impl, "results": result}, f, indent=1)
+            json.dump(record, f, indent=1)
     return result
 
 
