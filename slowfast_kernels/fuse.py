@@ -378,6 +378,11 @@ class FusedSlowFast(nn.Module):
 
     def _run(self, inputs: Sequence[torch.Tensor], after_backbone: Callable[[List[torch.Tensor]], Any]):
         self._check_inputs(inputs)
+        return self._backbone_then(inputs, after_backbone)
+
+    def _backbone_then(self, inputs: Sequence[torch.Tensor], after_backbone: Callable[[List[torch.Tensor]], Any]):
+        """after_backbone(the backbone's maps) for checked inputs; on CPU inside the runner-cache bookkeeping
+        (_note_signature), the buffer cache and one finiteness check (the detector's forward shares it)."""
         # no_grad: inference only; also lets weights made under inference_mode be used outside it.
         cpu = inputs[0].device.type == "cpu"
         if not cpu or torch.compiler.is_compiling():

@@ -18,8 +18,7 @@ from slowfast_reference.detection import SlowFastDetector
 
 from .fuse import FusedLateral, FusedSlowFast, FusedStage, FusedStem
 from .ops.roi_align_pool import roi_align_pool
-from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, check_max_cached_shapes, inputs_known_finite,
-                   release_cpu_buffers, reuse_cpu_buffers)
+from .plan import DEFAULT_MAX_CACHED_SHAPES, FoldedConv, check_max_cached_shapes
 
 
 class FusedSlowFastDetector(nn.Module):
@@ -52,6 +51,7 @@ class FusedSlowFastDetector(nn.Module):
     _stem = FusedSlowFast._stem
     _cpu_stems = FusedSlowFast._cpu_stems
     backbone = FusedSlowFast.backbone
+    _backbone_then = FusedSlowFast._backbone_then  # the CPU forward: caches, one finiteness check
     # The runner cache as FusedSlowFast's: the last max_cached_shapes input signatures keep their runners; a
     # signature pushing one out returns the CPU buffer cache's idle blocks and the heap's free pages.
     set_max_cached_shapes = FusedSlowFast.set_max_cached_shapes
@@ -79,20 +79,7 @@ class FusedSlowFastDetector(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
         SlowFastDetector.check_inputs(self, inputs, boxes)
-        if inputs[0].device.type != "cpu" or torch.compiler.is_compiling():
-            with torch.no_grad():
-                return self.head(self.backbone(inputs), boxes)
-        # As FusedSlowFast's CPU forward: the AMX stems first (they check their own inputs), one finiteness
-        # check for the rest, so no oneDNN ReLU layer sums its operands again.
-        evicted = self._note_signature(inputs)
-        try:
-            with torch.no_grad(), reuse_cpu_buffers():
-                stems, finite = self._cpu_stems(inputs)
-                with inputs_known_finite(finite):
-                    return self.head(self.backbone(inputs, stems), boxes)
-        finally:
-            if evicted:  # the pushed-out runners' packed weights were freed into the cache during this forward
-                release_cpu_buffers()
+        return self._backbone_then(inputs, lambda maps: self.head(maps, boxes))
 
 
 def fuse_detector(model: SlowFastDetector, dtype: torch.dtype = torch.float32,

@@ -93,13 +93,9 @@ def test_fused_detector_keeps_the_last_shapes_and_releases_pushed_out_memory(det
     from slowfast_kernels.plan import FoldedConv
 
     fuse_module = sys.modules["slowfast_kernels.fuse"]  # (the package's `fuse` attribute is the function)
-    detection_module = sys.modules["slowfast_kernels.fuse_detection"]
-
-    released = []
-    for module in (fuse_module, detection_module):
-        real = module.release_cpu_buffers
-        monkeypatch.setattr(module, "release_cpu_buffers",
-                            lambda trim=True, real=real: (released.append(trim), real(trim=trim))[1])
+    released, real = [], fuse_module.release_cpu_buffers
+    monkeypatch.setattr(fuse_module, "release_cpu_buffers",
+                        lambda trim=True: (released.append(trim), real(trim=trim))[1])
     fused = sk.fuse(detector, max_cached_shapes=2)
     assert isinstance(fused, sk.FusedSlowFastDetector) and fused.max_cached_shapes == 2
     shapes = [(32, 32), (32, 48), (32, 32), (48, 32)]  # the third is cached; the fourth pushes (32, 48) out
