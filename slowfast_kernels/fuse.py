@@ -41,8 +41,10 @@ from .ops.conv3d_small_cin import conv3d_small_cin_bf16, small_cin_bf16_wins
 from .ops.lateral_fuse import lateral_fuse
 from .ops.max_pool3d_cl import max_pool3d_cl
 from .backends import BackendUnavailable
+from . import replay
 from .plan import (DEFAULT_MAX_CACHED_SHAPES, FoldedConv, _inputs_finite, _triple, all_finite,
-                   check_max_cached_shapes, inputs_known_finite, release_cpu_buffers, reuse_cpu_buffers)
+                   check_max_cached_shapes, inputs_known_finite, release_cpu_buffers, reuse_cpu_buffers,
+                   runner_changes)
 
 CL = torch.channels_last_3d
 
@@ -234,6 +236,9 @@ class FusedSlowFast(nn.Module):
         self.register_buffer("head_weight", head.proj.weight.detach().float().clone())
         self.register_buffer("head_bias", head.proj.bias.detach().float().clone())
         self._signatures_lock = threading.Lock()
+        # CPU: replay the backbone's recorded op program (replay.py) for an input signature seen before.
+        self.cpu_replay = True
+        self._programs: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
         self.set_max_cached_shapes(max_cached_shapes)
 
     def set_max_cached_shapes(self, n: int) -> None:
@@ -241,6 +246,7 @@ class FusedSlowFast(nn.Module):
         the new bound are dropped and their memory returned to the system (release_cpu_buffers)."""
         self.max_cached_shapes = check_max_cached_shapes(n, type(self).__name__)
         self._signatures: "collections.OrderedDict[tuple, None]" = collections.OrderedDict()
+        self._programs.clear()
         dropped = False
         for m in self.modules():
             if isinstance(m, FoldedConv):
@@ -254,6 +260,7 @@ class FusedSlowFast(nn.Module):
 
     def reset(self) -> None:
         """Forget every prepared runner (after editing weights in place; load_state_dict and .to() reset)."""
+        self._programs.clear()
         for m in self.modules():
             if isinstance(m, FoldedConv):
                 m.reset()
@@ -261,12 +268,16 @@ class FusedSlowFast(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_signatures"] = collections.OrderedDict()
+        state["_programs"] = collections.OrderedDict()
         del state["_signatures_lock"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._signatures_lock = threading.Lock()
+        # pickled by a version without op programs
+        self.__dict__.setdefault("cpu_replay", True)
+        self.__dict__.setdefault("_programs", collections.OrderedDict())
 
     def _apply(self, fn, *args, **kwargs):
         device = self.head_weight.device
@@ -303,6 +314,8 @@ class FusedSlowFast(nn.Module):
             evicted = len(self._signatures) > self.max_cached_shapes
             while len(self._signatures) > self.max_cached_shapes:
                 self._signatures.popitem(last=False)
+            if evicted:  # the programs hold the pushed-out runners' packed weights
+                self._programs.clear()
         if evicted:
             release_cpu_buffers(trim=False)  # the forward reuses the heap's free memory; trimmed after it
         return evicted
@@ -394,10 +407,43 @@ class FusedSlowFast(nn.Module):
                 # One finiteness check per input here spares every oneDNN ReLU layer its own (plan: NaN and inf).
                 stems, finite = self._cpu_stems(inputs)
                 with inputs_known_finite(finite):
-                    return after_backbone(self.backbone(inputs, stems))
+                    maps = self._cpu_backbone(inputs, stems) if finite else self.backbone(inputs, stems)
+                    return after_backbone(maps)
         finally:
             if evicted:  # the pushed-out runners' packed weights were freed into the cache during this forward
                 release_cpu_buffers()
+
+    def _cpu_backbone(self, inputs: Sequence[torch.Tensor], stems: Sequence[Optional[torch.Tensor]]
+                      ) -> List[torch.Tensor]:
+        """backbone(inputs, stems) for finite CPU inputs: the first call of a signature (shapes, strides,
+        dtypes of the inputs and of the stems already run) runs it and makes the runners, the second records
+        its op program (replay.record), later ones replay that (no module calls, runner lookups or views
+        built in Python: ~2 ms of a forward). A program is dropped with its runners (a reset since its
+        recording: plan.runner_changes; a signature pushed out), and not kept when a runner was made while it
+        was recorded; cpu_replay = False runs backbone every time."""
+        if not self.cpu_replay:
+            return self.backbone(inputs, stems)
+        args = list(inputs) + list(stems)
+        key = tuple(None if t is None else (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype) for t in args)
+        changes = runner_changes()
+        with self._signatures_lock:
+            entry = self._programs.get(key)
+            if isinstance(entry, tuple) and entry[1][1] != changes[1]:  # a reset since: every program is stale
+                self._programs.clear()
+                entry = "seen"
+            elif entry is None:
+                self._programs[key] = "seen"
+        if isinstance(entry, tuple):
+            return entry[0](args)
+        if entry != "seen":  # first sight (None), or recording was refused (why): the Python path
+            return self.backbone(inputs, stems)
+        maps, program, why = replay.record(lambda: self.backbone(inputs, stems), args)
+        with self._signatures_lock:
+            if program is not None and runner_changes() == changes:
+                self._programs[key] = (program, changes)
+            elif program is None:
+                self._programs[key] = why
+        return maps
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         return self._run(inputs, self.head)

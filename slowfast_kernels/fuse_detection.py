@@ -8,8 +8,9 @@ CUDA). The head is one roi_align_pool call (temporal pool + RoIAlign + max over 
 """
 from __future__ import annotations
 
+import collections
 import threading
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -44,6 +45,8 @@ class FusedSlowFastDetector(nn.Module):
         self.register_buffer("head_weight", head.proj.weight.detach().float().clone())
         self.register_buffer("head_bias", head.proj.bias.detach().float().clone())
         self._signatures_lock = threading.Lock()
+        self.cpu_replay = True  # as FusedSlowFast's: the backbone's op program replayed (replay.py)
+        self._programs: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
         self.set_max_cached_shapes(max_cached_shapes)
 
     # The backbone runs exactly as FusedSlowFast's (same attributes: stems, stages, laterals).
@@ -52,6 +55,7 @@ class FusedSlowFastDetector(nn.Module):
     _cpu_stems = FusedSlowFast._cpu_stems
     backbone = FusedSlowFast.backbone
     _backbone_then = FusedSlowFast._backbone_then  # the CPU forward: caches, one finiteness check
+    _cpu_backbone = FusedSlowFast._cpu_backbone
     # The runner cache as FusedSlowFast's: the last max_cached_shapes input signatures keep their runners; a
     # signature pushing one out returns the CPU buffer cache's idle blocks and the heap's free pages.
     set_max_cached_shapes = FusedSlowFast.set_max_cached_shapes
@@ -61,6 +65,7 @@ class FusedSlowFastDetector(nn.Module):
 
     def reset(self) -> None:
         """Forget every prepared runner (after editing weights in place)."""
+        self._programs.clear()
         for m in self.modules():
             if isinstance(m, FoldedConv):
                 m.reset()

@@ -54,6 +54,21 @@ DEFAULT_MAX_CACHED_SHAPES = 4
 
 # True / False: the caller (the fused model) checked that this forward's inputs are all finite / are not;
 # None: unknown, each oneDNN ReLU call checks its own operands.
+# Counts of runners made (make_runner) and of layers' runners dropped (FoldedConv.reset) in this process. An op
+# program (replay.py) holds the runners' constants, so it is stale once a reset came after its recording; and a
+# recording during which a runner was made logged that runner's preparation too, so it is not kept.
+_runner_counts = {"made": 0, "reset": 0}
+
+
+def runner_changes() -> Tuple[int, int]:
+    """(runners made, runner resets) so far in this process (see _runner_counts)."""
+    return _runner_counts["made"], _runner_counts["reset"]
+
+
+def _note_runner_change(kind: str) -> None:
+    _runner_counts[kind] += 1
+
+
 _inputs_finite: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("inputs_finite", default=None)
 
 
@@ -341,6 +356,7 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
     up to 2x faster or slower than conv3d depending on the layer); on CPU TimeGemmConv where time_gemm_wins
     (AMX, bf16), else the temporal views (measured faster for every such layer); else 3D.
     """
+    _note_runner_change("made")
     chosen = resolve_backend(backend, str(x.device), x.dtype)
     geometry = (weight, bias, stride, padding, dilation, activation)
     kind = view2d_kind(weight.shape, stride, padding, dilation) if _view2d_ok(x) else None
@@ -538,6 +554,7 @@ class FoldedConv(nn.Module):
 
     def reset(self) -> None:
         """Forget every prepared runner (they are rebuilt from the buffers on the next call)."""
+        _note_runner_change("reset")
         # part -> {input signature: runner}, least recently used first; part -> shape-independent weights
         self._runners: Dict[Optional[tuple], "collections.OrderedDict[tuple, Runner]"] = {}
         self._shared: Dict[Optional[tuple], Dict[tuple, torch.Tensor]] = {}
