@@ -20,14 +20,16 @@ data-dependent branch may have read it) and the caller records only inputs alrea
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-# One step: (op, args with slot markers, kwargs with slot markers, patches, output slots, slots to drop after).
-_Patch = Tuple[str, Any, int, Optional[int]]  # (where: "arg" | "kw", position or name, slot, list index | None)
+# One step: (op, args with placeholders, kwargs with placeholders, patches, output slots, slots to drop after).
+# A patch fills one argument: (where: "arg" | "kw", position or name, slot) for a tensor, or (where, key,
+# [(list index, slot), ...]) for a list holding tensors (copied once per call, then filled).
+_Patch = Tuple[str, Any, Union[int, List[Tuple[int, int]]]]
 
 
 class _Slot:
@@ -58,13 +60,14 @@ class OpProgram:
         for op, args, kwargs, patches, out_slots, drops in self.steps:
             if patches:
                 args, kwargs = list(args), dict(kwargs)
-                for where, key, slot, item in patches:
+                for where, key, slot in patches:
                     target = args if where == "arg" else kwargs
-                    if item is None:
+                    if isinstance(slot, int):
                         target[key] = env[slot]
                     else:
                         seq = target[key] = list(target[key])
-                        seq[item] = env[slot]
+                        for j, s in slot:
+                            seq[j] = env[s]
             out = op(*args, **kwargs)
             if len(out_slots) == 1:
                 if out_slots[0] is not None:
@@ -144,18 +147,24 @@ class _Recorder(TorchDispatchMode):
 
 
 def _patches(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[_Patch], List[int]]:
+    """args and kwargs with None in place of each slot marker, the patches that fill them, the slots read."""
     patches: List[_Patch] = []
+    reads: List[int] = []
     for where, items in (("arg", list(enumerate(args))), ("kw", list(kwargs.items()))):
         for key, value in items:
             if isinstance(value, _Slot):
-                patches.append((where, key, value.index, None))
+                patches.append((where, key, value.index))
+                reads.append(value.index)
             elif isinstance(value, (list, tuple)):
-                patches.extend((where, key, v.index, j) for j, v in enumerate(value) if isinstance(v, _Slot))
+                filled = [(j, v.index) for j, v in enumerate(value) if isinstance(v, _Slot)]
+                if filled:
+                    patches.append((where, key, filled))
+                    reads.extend(slot for _, slot in filled)
     plain = lambda v: None if isinstance(v, _Slot) else v  # noqa: E731 (placeholders, patched per call)
     args = tuple(type(a)(plain(v) for v in a) if isinstance(a, (list, tuple)) else plain(a) for a in args)
     kwargs = {k: type(v)(plain(x) for x in v) if isinstance(v, (list, tuple)) else plain(v)
               for k, v in kwargs.items()}
-    return args, kwargs, patches, [p[2] for p in patches]
+    return args, kwargs, patches, reads
 
 
 def record(fn: Callable[[], Any], inputs: Sequence[Optional[torch.Tensor]]) -> Tuple[Any, Optional[OpProgram],

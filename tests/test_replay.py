@@ -36,6 +36,15 @@ def _python_path(fused, inputs, call=None):
         fused.cpu_replay = True
 
 
+def _fused_with_a_program(model, x):
+    """model fused, after the three forwards that make its runners, record x's program and replay it."""
+    fused = sk.fuse(model)
+    for _ in range(3):
+        fused(x)
+    assert _programs(fused)
+    return fused
+
+
 @pytest.fixture(scope="module")
 def r50():
     return randomize(R.slowfast_r50_8x8(num_classes=7)).eval()
@@ -76,10 +85,8 @@ def test_replay_of_slow_only_features_and_inputs_already_in_the_model_layout(mon
 
 @NATIVE
 def test_non_finite_inputs_take_the_python_path(r50):
-    fused = sk.fuse(r50)
     x = _inputs(r50)
-    for _ in range(3):
-        fused(x)
+    fused = _fused_with_a_program(r50, x)
     bad = [t.clone() for t in x]
     bad[1][0, 0, 3, 5, 7] = float("inf")
     bad[0][0, 1, 2, 3, 4] = float("nan")
@@ -91,11 +98,8 @@ def test_non_finite_inputs_take_the_python_path(r50):
 
 @NATIVE
 def test_programs_follow_new_weights_and_casts(r50):
-    fused = sk.fuse(r50)
     x = _inputs(r50)
-    for _ in range(3):
-        fused(x)
-    assert _programs(fused)
+    fused = _fused_with_a_program(r50, x)
     other = randomize(R.slowfast_r50_8x8(num_classes=7), seed=3).eval()
     fused.load_state_dict(sk.fuse(other).state_dict())
     assert torch.equal(fused(x), sk.fuse(other)(x))  # a stale program would give the old weights' logits
