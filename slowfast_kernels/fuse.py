@@ -67,7 +67,7 @@ class FusedStem(nn.Module):
     the small-C_in Triton kernels, cuDNN's slowest layer otherwise (the Fast stem: 28.7 ms of a 52 ms
     batch-32 forward on an H200), with the pool fused where its shape rule says so. On CPU the AMX kernel
     (conv and pool in one pass, `amx`) where it runs, else for a bf16 model on AVX512_BF16 the bf16
-    small-C_in kernel on the raw clip (`bf16_from_raw`, the Fast stem), else the plan's runner (the
+    small-C_in kernel on the raw clip (`bf16_from_raw`, both stems), else the plan's runner (the
     small-C_in CPU kernel or oneDNN); then the native channels_last pool (ops/max_pool3d_cl.py: no argmax)."""
 
     def __init__(self, stem: ResNetBasicStem, backend: str) -> None:
@@ -91,8 +91,8 @@ class FusedStem(nn.Module):
     def bf16_from_raw(self, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
         """The stem of the raw input x for a bf16 model on a CPU with AVX512_BF16 and no AMX: the bf16
         small-C_in kernel reads x as given (no cast-and-layout pass; ops/conv3d_small_cin.py), then the
-        native pool. None where its rule leaves the stem to the plan's runner (small_cin_bf16_wins: the Fast
-        stem's <= 16 output channels), or for another dtype or backend. Exact semantics (no zero-weight
+        native pool. None where its rule leaves the stem to the plan's runner (small_cin_bf16_wins: up to 64
+        output channels, both stems, on the avx512 tier), or for another dtype or backend. Exact semantics (no zero-weight
         products: NaN and inf propagate), so no finiteness condition."""
         conv = self.conv
         if dtype != torch.bfloat16 or x.device.type != "cpu" or resolve_backend(conv.backend, "cpu", dtype) != "cpu":

@@ -16,8 +16,9 @@ SHAPES = [
     (2, 1, 3, 9, 11, 5, (3, 5, 5), (1, 2, 2), (0, 0, 2)),      # C_in 1, uneven padding
     (1, 4, 5, 13, 6, 16, (3, 3, 3), (1, 1, 1), (1, 1, 1)),     # C_in 4, stride 1
     (1, 2, 2, 3, 70, 3, (1, 3, 3), (1, 2, 2), (0, 1, 1)),      # a row longer than two 16-column blocks
+    (1, 3, 3, 9, 224, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3)),     # the 224 Fast stem's rows: 112 = 3 x 32 + 16
 ]
-IDS = ["fast_stem", "slow_stem_k", "cin1", "cin4_s1", "long_row"]
+IDS = ["fast_stem", "slow_stem_k", "cin1", "cin4_s1", "long_row", "stem_row_224"]
 
 
 def _case(shape, layout, seed=0):
@@ -104,8 +105,9 @@ SHAPES_BF16 = [
     (2, 1, 3, 9, 11, 5, (3, 4, 6), (1, 2, 2), (0, 0, 2)),     # C_in 1, even KW, uneven padding
     (1, 4, 5, 13, 6, 16, (3, 3, 3), (1, 2, 2), (1, 1, 1)),    # C_in 4
     (1, 2, 2, 3, 141, 3, (1, 3, 3), (1, 2, 2), (0, 1, 1)),    # a row longer than two 32-column blocks
+    (1, 3, 3, 9, 224, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3)),    # the 224 Fast stem's rows: 112 = 3 x 32 + 16
 ]
-IDS_BF16 = ["fast_stem", "cout20", "cin1_even_kw", "cin4", "long_row"]
+IDS_BF16 = ["fast_stem", "cout20", "cin1_even_kw", "cin4", "long_row", "stem_row_224"]
 
 
 @needs_bf16
@@ -172,7 +174,8 @@ def test_bf16_rule():
     fast, slow = ((8, 3, 5, 7, 7), (1, 2, 2), (2, 3, 3), (1, 1, 1)), ((64, 3, 1, 7, 7), (1, 2, 2), (0, 3, 3), (1, 1, 1))
     with cpu_isa.override(zen4):
         assert small_cin_bf16_wins(x, *fast) == (_ext.LOAD_ERROR is None)
-        assert not small_cin_bf16_wins(x, *slow)
+        assert small_cin_bf16_wins(x, *slow) == (_ext.LOAD_ERROR is None)
+        assert not small_cin_bf16_wins(x, (96,) + slow[0][1:], *slow[1:])  # past 64 output channels: oneDNN
         assert not small_cin_bf16_wins(x, (8, 3, 5, 7, 7), (1, 1, 1), (2, 3, 3), (1, 1, 1))
     with cpu_isa.override(amx):
         assert not small_cin_bf16_wins(x, *fast)

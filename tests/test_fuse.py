@@ -283,15 +283,16 @@ def test_fuse_takes_a_pytorchvideo_model_object():
 
 @pytest.mark.skipif(not {"avx512_bf16", "avx512bw"} <= sk.cpu_isa.current().flags or sk.cpu_isa.tier() != "avx512",
                     reason="the bf16 small-C_in stem runs on CPUs with AVX512_BF16 and no AMX")
-def test_bf16_fast_stem_reads_the_raw_clip():
-    """A bf16 model's Fast stem (8 output channels) runs the AVX512_BF16 kernel on the float32 clip as given;
-    the Slow stem (64) stays on oneDNN. Same values as the cast + oneDNN path, to bf16 rounding."""
+@pytest.mark.parametrize("pathway", [0, 1], ids=["slow", "fast"])
+def test_bf16_stems_read_the_raw_clip(pathway):
+    """A bf16 model's stems (Fast: 8 output channels, Slow: 64) run the AVX512_BF16 kernel on the float32 clip
+    as given. Same values as the cast + oneDNN path, to bf16 rounding."""
     model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
-    slow, fast = _inputs(model, size=48)
+    x = _inputs(model, size=48)[pathway]
     fused = sk.fuse(model, dtype=torch.bfloat16)
+    stem = fused.stems[pathway]
     with torch.no_grad():
-        y = fused.stems[1].bf16_from_raw(fast, torch.bfloat16)
-        assert fused.stems[0].bf16_from_raw(slow, torch.bfloat16) is None
-        expected = fused.stems[1](fused._prepare(fast))
+        y = stem.bf16_from_raw(x, torch.bfloat16)
+        expected = stem(fused._prepare(x))
     assert y is not None and y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(y.float(), expected.float(), rtol=2 ** -7, atol=2 ** -7 * expected.abs().max().item())

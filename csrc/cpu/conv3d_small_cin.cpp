@@ -100,41 +100,54 @@ inline void store_tile(const T (&tile)[2][kCoBlock][kLanes], const Geometry& g, 
   }
 }
 
-// One output row: y[n, :, to, ho, :] = act(bias + sum over taps). rows[(kt * KH + kh) * C + c] -> prepared row
-// (nullptr where the input row is padding). wt: [taps][Co_padded] with taps ordered (kt, kh, c, kw).
-// Two 16-column blocks per pass: each broadcast weight feeds two FMAs, so the loop is bound by the FMA ports
-// (16 FMAs per 10 loads per tap) rather than by loads (8 per 9).
+// Columns [wo0, wo0 + kBlocks * 16) of one output row, channels [co0, co0 + kCoBlock), into tile (act applied).
+// rows[(kt * KH + kh) * C + c] -> prepared row (nullptr where the input row is padding). wt: [taps][Co_padded]
+// with taps ordered (kt, kh, c, kw). With two 16-column blocks each broadcast weight feeds two FMAs, so the
+// loop is bound by the FMA ports (16 FMAs per 10 loads per tap) rather than by loads (8 per 9); a row's last
+// 16 columns or fewer take a one-block pass (112 columns, the Fast stem's at 224: 3.5 passes, not 4).
+template <int kBlocks>
+__attribute__((target("avx512f"))) inline void pass_avx512(const float* const* rows, const float* wt,
+                                                           const float* bias, const Geometry& g, int64_t co_padded,
+                                                           int64_t co0, int64_t wo0, bool relu,
+                                                           float (&tile)[2][kCoBlock][kLanes]) {
+  __m512 acc[kBlocks][kCoBlock];
+  for (int64_t k = 0; k < kCoBlock; ++k)
+    for (int b = 0; b < kBlocks; ++b) acc[b][k] = _mm512_set1_ps(bias[co0 + k]);
+  int64_t tap = 0;
+  for (int64_t r = 0; r < g.KT * g.KH * g.C; ++r) {
+    const float* row = rows[r];
+    if (row == nullptr) {
+      tap += g.KW;
+      continue;
+    }
+    for (int64_t kw = 0; kw < g.KW; ++kw, ++tap) {
+      const float* src = tap_base(row, kw, g) + wo0;
+      __m512 v[kBlocks];
+      for (int b = 0; b < kBlocks; ++b) v[b] = _mm512_loadu_ps(src + b * kLanes);
+      const float* w = wt + tap * co_padded + co0;
+      for (int64_t k = 0; k < kCoBlock; ++k) {
+        const __m512 wk = _mm512_set1_ps(w[k]);
+        for (int b = 0; b < kBlocks; ++b) acc[b][k] = _mm512_fmadd_ps(v[b], wk, acc[b][k]);
+      }
+    }
+  }
+  // max(0, a): vmaxps returns its second operand when one is NaN, so NaN propagates as in torch.relu.
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kCoBlock; ++k)
+    for (int b = 0; b < kBlocks; ++b) _mm512_store_ps(tile[b][k], relu ? _mm512_max_ps(zero, acc[b][k]) : acc[b][k]);
+}
+
+// One output row: y[n, :, to, ho, :] = act(bias + sum over taps), in passes of two 16-column blocks (one for
+// the last 16 columns or fewer).
 __attribute__((target("avx512f"))) void row_avx512(const float* const* rows, const float* wt, const float* bias,
                                                    const Geometry& g, int64_t co_padded, bool relu, float* y) {
   alignas(64) float tile[2][kCoBlock][kLanes];
   for (int64_t co0 = 0; co0 < co_padded; co0 += kCoBlock) {
     for (int64_t wo0 = 0; wo0 < g.Wo; wo0 += 2 * kLanes) {
-      __m512 a0[kCoBlock], a1[kCoBlock];
-      for (int64_t k = 0; k < kCoBlock; ++k) a0[k] = a1[k] = _mm512_set1_ps(bias[co0 + k]);
-      int64_t tap = 0;
-      for (int64_t r = 0; r < g.KT * g.KH * g.C; ++r) {
-        const float* row = rows[r];
-        if (row == nullptr) {
-          tap += g.KW;
-          continue;
-        }
-        for (int64_t kw = 0; kw < g.KW; ++kw, ++tap) {
-          const float* src = tap_base(row, kw, g) + wo0;
-          const __m512 v0 = _mm512_loadu_ps(src);
-          const __m512 v1 = _mm512_loadu_ps(src + kLanes);
-          const float* w = wt + tap * co_padded + co0;
-          for (int64_t k = 0; k < kCoBlock; ++k) {
-            const __m512 wk = _mm512_set1_ps(w[k]);
-            a0[k] = _mm512_fmadd_ps(v0, wk, a0[k]);
-            a1[k] = _mm512_fmadd_ps(v1, wk, a1[k]);
-          }
-        }
-      }
-      // max(0, a): vmaxps returns its second operand when one is NaN, so NaN propagates as in torch.relu.
-      const __m512 zero = _mm512_setzero_ps();
-      for (int64_t k = 0; k < kCoBlock; ++k) {
-        _mm512_store_ps(tile[0][k], relu ? _mm512_max_ps(zero, a0[k]) : a0[k]);
-        _mm512_store_ps(tile[1][k], relu ? _mm512_max_ps(zero, a1[k]) : a1[k]);
+      if (g.Wo - wo0 > kLanes) {
+        pass_avx512<2>(rows, wt, bias, g, co_padded, co0, wo0, relu, tile);
+      } else {
+        pass_avx512<1>(rows, wt, bias, g, co_padded, co0, wo0, relu, tile);
       }
       store_tile(tile, g, wo0, co0, y);
     }
@@ -343,48 +356,61 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void prepare_row_bf16(con
   }
 }
 
-// One output row, bf16 out: rows[(kt * KH + kh) * C + c] -> prepared bf16 row (nullptr: padding). wt:
-// [tap pairs][Co_padded] as (w[kw], w[kw + 1]) bf16 pairs, pairs ordered (kt, kh, c, kw / 2).
+// Columns [wo0, wo0 + kBlocks * 16) of one output row, channels [co0, co0 + kCoBlock), bf16 into tile (act
+// applied): rows[(kt * KH + kh) * C + c] -> prepared bf16 row (nullptr: padding). wt: [tap pairs][Co_padded] as
+// (w[kw], w[kw + 1]) bf16 pairs, pairs ordered (kt, kh, c, kw / 2).
+template <int kBlocks>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void pass_bf16(
+    const uint16_t* const* rows, const uint32_t* wt, const float* bias, const Geometry& g, int64_t co_padded,
+    int64_t co0, int64_t wo0, bool relu, uint16_t (&tile)[2][kCoBlock][kLanes]) {
+  const int64_t pairs = (g.KW + 1) / 2;
+  const bool odd = g.KW % 2 == 1;
+  __m512 acc[kBlocks][kCoBlock];
+  for (int64_t k = 0; k < kCoBlock; ++k)
+    for (int b = 0; b < kBlocks; ++b) acc[b][k] = _mm512_set1_ps(bias[co0 + k]);
+  int64_t pair = 0;
+  for (int64_t r = 0; r < g.KT * g.KH * g.C; ++r) {
+    const uint16_t* row = rows[r];
+    if (row == nullptr) {
+      pair += pairs;
+      continue;
+    }
+    for (int64_t q = 0; q < pairs; ++q, ++pair) {
+      const uint16_t* src = row + 2 * wo0 + 2 * q;
+      __m512i v[kBlocks];
+      for (int b = 0; b < kBlocks; ++b) {
+        v[b] = _mm512_loadu_si512(src + b * kPairLanes);
+        // tap KW does not exist: keep each pair's first element only
+        if (odd && q == pairs - 1) v[b] = _mm512_maskz_mov_epi16(0x55555555u, v[b]);
+      }
+      const uint32_t* w = wt + pair * co_padded + co0;
+      for (int64_t k = 0; k < kCoBlock; ++k) {
+        const __m512bh wk = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(w[k])));
+        for (int b = 0; b < kBlocks; ++b)
+          acc[b][k] = _mm512_dpbf16_ps(acc[b][k], reinterpret_cast<__m512bh>(v[b]), wk);
+      }
+    }
+  }
+  // max(0, a) keeps NaN (vmaxps returns its second operand when one is NaN), as torch.relu.
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kCoBlock; ++k)
+    for (int b = 0; b < kBlocks; ++b)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tile[b][k]),
+                         reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(relu ? _mm512_max_ps(zero, acc[b][k])
+                                                                           : acc[b][k])));
+}
+
+// One output row, bf16 out, in passes of two 16-column blocks (one for the last 16 columns or fewer).
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void row_bf16(const uint16_t* const* rows, const uint32_t* wt,
                                                                     const float* bias, const Geometry& g,
                                                                     int64_t co_padded, bool relu, uint16_t* y) {
-  const int64_t pairs = (g.KW + 1) / 2;
-  const bool odd = g.KW % 2 == 1;
   alignas(64) uint16_t tile[2][kCoBlock][kLanes];
   for (int64_t co0 = 0; co0 < co_padded; co0 += kCoBlock) {
     for (int64_t wo0 = 0; wo0 < g.Wo; wo0 += 2 * kLanes) {
-      __m512 a0[kCoBlock], a1[kCoBlock];
-      for (int64_t k = 0; k < kCoBlock; ++k) a0[k] = a1[k] = _mm512_set1_ps(bias[co0 + k]);
-      int64_t pair = 0;
-      for (int64_t r = 0; r < g.KT * g.KH * g.C; ++r) {
-        const uint16_t* row = rows[r];
-        if (row == nullptr) {
-          pair += pairs;
-          continue;
-        }
-        for (int64_t q = 0; q < pairs; ++q, ++pair) {
-          const uint16_t* src = row + 2 * wo0 + 2 * q;
-          __m512i v0 = _mm512_loadu_si512(src);
-          __m512i v1 = _mm512_loadu_si512(src + kPairLanes);
-          if (odd && q == pairs - 1) {  // tap KW does not exist: keep each pair's first element only
-            v0 = _mm512_maskz_mov_epi16(0x55555555u, v0);
-            v1 = _mm512_maskz_mov_epi16(0x55555555u, v1);
-          }
-          const uint32_t* w = wt + pair * co_padded + co0;
-          for (int64_t k = 0; k < kCoBlock; ++k) {
-            const __m512bh wk = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(w[k])));
-            a0[k] = _mm512_dpbf16_ps(a0[k], reinterpret_cast<__m512bh>(v0), wk);
-            a1[k] = _mm512_dpbf16_ps(a1[k], reinterpret_cast<__m512bh>(v1), wk);
-          }
-        }
-      }
-      // max(0, a) keeps NaN (vmaxps returns its second operand when one is NaN), as torch.relu.
-      const __m512 zero = _mm512_setzero_ps();
-      for (int64_t k = 0; k < kCoBlock; ++k) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[0][k]),
-                           reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(relu ? _mm512_max_ps(zero, a0[k]) : a0[k])));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[1][k]),
-                           reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(relu ? _mm512_max_ps(zero, a1[k]) : a1[k])));
+      if (g.Wo - wo0 > kLanes) {
+        pass_bf16<2>(rows, wt, bias, g, co_padded, co0, wo0, relu, tile);
+      } else {
+        pass_bf16<1>(rows, wt, bias, g, co_padded, co0, wo0, relu, tile);
       }
       store_tile(tile, g, wo0, co0, y);
     }

@@ -90,11 +90,11 @@ def supports_bf16(x: torch.Tensor, weight_shape, stride, padding, dilation) -> O
 
 def small_cin_bf16_wins(x: torch.Tensor, weight_shape, stride, padding, dilation) -> bool:
     """The measured rule for bf16 models on a CPU with AVX512_BF16 and no AMX (the AMX kernel runs the stems
-    there). An AMD EPYC with AVX-512 BF16, 2 cores, from the float32 input clip: the Fast stem (3 -> 8, 5x7x7)
-    20 ms here against 36 ms for the bf16 cast and oneDNN's bf16 conv at batch 1 (78 vs 188 at batch 4); the
-    Slow stem (3 -> 64, 1x7x7) 8.6 vs 8.0 (53 vs 54 at batch 4): no gain, oneDNN keeps it. So: up to 16
-    output channels."""
-    return (cpu_isa.tier() == "avx512" and weight_shape[0] <= 16
+    there). An AMD EPYC with AVX-512 BF16, 2 cores, from the float32 input clip, since a row's last 16 columns
+    take a one-block pass: the Fast stem (3 -> 8, 5x7x7) 14.3 ms here (16.1 before) against 36 ms for the bf16
+    cast and oneDNN's bf16 conv at batch 1; the Slow stem (3 -> 64, 1x7x7) 6.4 ms against 6.9 for the cast and
+    oneDNN (42 vs 46 at batch 4; it tied before). So: up to 64 output channels, both stems."""
+    return (cpu_isa.tier() == "avx512" and weight_shape[0] <= 64
             and supports_bf16(x, weight_shape, stride, padding, dilation) is None)
 
 
