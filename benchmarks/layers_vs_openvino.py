@@ -232,9 +232,10 @@ def main(argv=None) -> None:
     except ImportError as exc:
         onnx = None
         results["openvino"] = {"skipped": f"no ONNX export ({exc})"}
-    children = {}
+    children, logs = {}, []
     for side in ("fused", "openvino") if onnx else ("fused",):
         log = open(os.path.join(folder.name, f"{side}.log"), "w+")  # the profiler's chatter; the tail on failure
+        logs.append(log)
         child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *passed, "--side", side, "--onnx",
                                   onnx or ""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         first = child.stdout.readline()
@@ -262,6 +263,8 @@ def main(argv=None) -> None:
         child.stdin.close()
         child.wait()
         results[side] = _median_forward(runs[side])
+    for log in logs:
+        log.close()
     folder.cleanup()
     if "skipped" in results["openvino"]:
         print(f"OpenVINO side skipped: {results['openvino']['skipped']}")
