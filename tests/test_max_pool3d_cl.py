@@ -1,6 +1,6 @@
 """max_pool3d_cl (the stems' CPU pool where no AMX kernel fuses it): equal to torch's max_pool3d on odd
-shapes, both dtypes, every layout, the vector path (C a multiple of 8) and the per-channel one, NaN and inf,
-opcheck, bad input."""
+shapes, both dtypes, every layout, the vector paths (AVX-512 where C is a multiple of 16, AVX2 where of 8)
+and the per-channel one, NaN and inf (and the vector paths' NaN detector's false alarms), opcheck, bad input."""
 import pytest
 import torch
 
@@ -46,7 +46,7 @@ def test_equals_torch(shape, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("channels", [8, 5], ids=["vector", "per_channel"])
+@pytest.mark.parametrize("channels", [8, 16, 5], ids=["avx2", "avx512", "per_channel"])
 def test_nan_and_inf_propagate_like_torch(dtype, channels):
     x = torch.randn(1, channels, 2, 9, 11).to(dtype).contiguous(memory_format=CL)
     x[0, 1, 0, 3, 3] = float("nan")   # an odd row and column: in four windows
@@ -54,10 +54,28 @@ def test_nan_and_inf_propagate_like_torch(dtype, channels):
     x[0, 0, 1, 8, 10] = -float("inf")
     x[0, 3, 0, 2, 3] = float("nan")
     x[0, 3, 0, 2, 4] = float("inf")   # NaN and inf in one window: NaN
+    x[0, 4, 1, 4, 5] = float("inf")   # inf and -inf in one window: inf (the vector paths' sum is NaN there)
+    x[0, 4, 1, 5, 5] = -float("inf")
+    x[0, 4, 0, 0:3, 0:3] = float("nan")
+    x[0, 4, 0, 1, 1] = 1.0            # a NaN first in its windows, then a larger value: NaN
     truth = torch.nn.functional.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
     y = max_pool3d_cl(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
-    assert truth.isnan().sum() == 6  # four windows of channel 1, two of channel 3
+    # NaN: four windows of channel 1, two of channel 3, four of channel 4; inf: two of channel 4
+    assert truth.isnan().sum() == 10 and truth[0, 4, 1].isinf().sum() == 2
     torch.testing.assert_close(y, truth, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("channels", [8, 16], ids=["avx2", "avx512"])
+def test_overflowing_window_sums_keep_the_max(dtype, channels):
+    """The vector paths detect a NaN by a running sum: finite values whose sum overflows (to inf, then inf -
+    inf) take the exact pass and still give the max."""
+    big = torch.finfo(dtype).max
+    x = torch.full((1, channels, 1, 6, 6), big, dtype=dtype)
+    x[..., 1::2, :] = -big
+    x = x.contiguous(memory_format=CL)
+    truth = torch.nn.functional.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+    assert torch.equal(max_pool3d_cl(x, (1, 3, 3), (1, 2, 2), (0, 1, 1)), truth)
 
 
 def test_opcheck_and_fallback():

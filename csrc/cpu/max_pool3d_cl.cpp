@@ -4,13 +4,16 @@
 // away: 4x the bytes of a bf16 output) and, for the Fast stem's 8 channels, fills half a vector register.
 // Here one task is an output row (n, to, ho): for each output pixel the channel vector is the running max
 // over the window's input pixels (a window's taps are contiguous channel vectors of channels_last memory),
-// so the input is read once from cache and the output written once. Same results as torch's: implicit
-// -inf padding, NaN propagates (a window holding a NaN gives NaN), ceil_mode False, dilation 1. bf16 is
-// compared as float (exact) and the chosen value stored as it was.
+// so the input is read once from cache and the output written once. Same values as torch's: implicit
+// -inf padding, NaN propagates (a window holding a NaN gives NaN), ceil_mode False, dilation 1 (of a
+// window's +0 and -0 the vector paths may keep the other one). bf16 is compared as float (exact) and the
+// chosen value stored as it was.
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+// GCC 12's AVX-512 intrinsics warn of their own _mm512_undefined_* operands once inlined (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <ATen/Parallel.h>
@@ -75,6 +78,26 @@ void pool_rows_portable(const T* x, const PoolGeometry& g, int64_t begin, int64_
   }
 }
 
+// The vector paths take one max a tap and a running sum as a NaN detector; torch's rule (a NaN wins) is
+// exact in a second, scalar pass over the channels whose sum came out NaN: a window holding a NaN (or, rarely,
+// one whose sum met inf - inf or overflowed and then did). MAXPS returns its second operand when either is a
+// NaN, so the max alone would lose a NaN met early. Of two equal zeros the max may keep the other sign than
+// torch's (the same value).
+template <typename T>
+void window_exact(const T* x, const PoolGeometry& g, int64_t n, Span st, Span sh, Span sw, int64_t c0,
+                  int64_t count, T* out) {
+  for (int64_t c = c0; c < c0 + count; ++c) {
+    float acc = -std::numeric_limits<float>::infinity();
+    for (int64_t ti = st.lo; ti < st.hi; ++ti)
+      for (int64_t hi = sh.lo; hi < sh.hi; ++hi)
+        for (int64_t wi = sw.lo; wi < sw.hi; ++wi) {
+          const float v = load(x, (((n * g.T + ti) * g.H + hi) * g.W + wi) * g.C + c);
+          acc = (v > acc || std::isnan(v)) ? v : acc;
+        }
+    store(out, c, acc);
+  }
+}
+
 // AVX2: 8 channels a vector (C a multiple of 8).
 __attribute__((target("avx2"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 __attribute__((target("avx2"))) inline __m256 load8(const c10::BFloat16* p) {
@@ -100,18 +123,60 @@ __attribute__((target("avx2"))) void pool_rows_avx2(const T* x, const PoolGeomet
       const Span sw = span(wo, g.k[2], g.s[2], g.p[2], g.W);
       T* out = y + (r * g.Wo + wo) * C;
       for (int64_t c = 0; c < C; c += 8) {
-        __m256 acc = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        __m256 acc = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), sum = _mm256_setzero_ps();
         for (int64_t ti = st.lo; ti < st.hi; ++ti)
           for (int64_t hi = sh.lo; hi < sh.hi; ++hi) {
             const T* px = x + (((n * g.T + ti) * g.H + hi) * g.W + sw.lo) * C + c;
             for (int64_t wi = sw.lo; wi < sw.hi; ++wi, px += C) {
               const __m256 v = load8(px);
-              // torch's rule: a NaN wins, else the larger
-              const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, acc, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-              acc = _mm256_blendv_ps(acc, v, take);
+              acc = _mm256_max_ps(acc, v);
+              sum = _mm256_add_ps(sum, v);
             }
           }
         store8(out + c, acc);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(sum, sum, _CMP_UNORD_Q)) != 0)
+          window_exact(x, g, n, st, sh, sw, c, 8, out);
+      }
+    }
+  }
+}
+
+// AVX-512: 16 channels a vector (C a multiple of 16: the Slow stem's 64). The Fast stem's 8 take AVX2.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+__attribute__((target("avx512f"))) inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+__attribute__((target("avx512f"))) inline void store16(c10::BFloat16* p, __m512 v) {
+  // v holds bf16 values widened (low halves zero): the high halves are the bf16 bits.
+  const __m512i hi = _mm512_srli_epi32(_mm512_castps_si512(v), 16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(hi));
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) void pool_rows_avx512(const T* x, const PoolGeometry& g, int64_t begin,
+                                                         int64_t end, T* y) {
+  const int64_t C = g.C;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t ho = r % g.Ho, nt = r / g.Ho, to = nt % g.To, n = nt / g.To;
+    const Span st = span(to, g.k[0], g.s[0], g.p[0], g.T), sh = span(ho, g.k[1], g.s[1], g.p[1], g.H);
+    for (int64_t wo = 0; wo < g.Wo; ++wo) {
+      const Span sw = span(wo, g.k[2], g.s[2], g.p[2], g.W);
+      T* out = y + (r * g.Wo + wo) * C;
+      for (int64_t c = 0; c < C; c += 16) {
+        __m512 acc = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), sum = _mm512_setzero_ps();
+        for (int64_t ti = st.lo; ti < st.hi; ++ti)
+          for (int64_t hi = sh.lo; hi < sh.hi; ++hi) {
+            const T* px = x + (((n * g.T + ti) * g.H + hi) * g.W + sw.lo) * C + c;
+            for (int64_t wi = sw.lo; wi < sw.hi; ++wi, px += C) {
+              const __m512 v = load16(px);
+              acc = _mm512_max_ps(acc, v);
+              sum = _mm512_add_ps(sum, v);
+            }
+          }
+        store16(out + c, acc);
+        if (_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q) != 0) window_exact(x, g, n, st, sh, sw, c, 16, out);
       }
     }
   }
@@ -119,10 +184,13 @@ __attribute__((target("avx2"))) void pool_rows_avx2(const T* x, const PoolGeomet
 
 template <typename T>
 void pool(const T* x, const PoolGeometry& g, T* y) {
+  const bool avx512 = g.C % 16 == 0 && __builtin_cpu_supports("avx512f");
   const bool avx2 = g.C % 8 == 0 && __builtin_cpu_supports("avx2");
   // A row is Wo * C * (window) loads: a few rows per task amortize the scheduling.
   at::parallel_for(0, g.N * g.To * g.Ho, 8, [&](int64_t begin, int64_t end) {
-    if (avx2) {
+    if (avx512) {
+      pool_rows_avx512(x, g, begin, end, y);
+    } else if (avx2) {
       pool_rows_avx2(x, g, begin, end, y);
     } else {
       pool_rows_portable(x, g, begin, end, y);
