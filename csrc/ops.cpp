@@ -63,6 +63,13 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   // [R, C_out] -> out [N, C_out, T, H, W] = act(A^T M + bias + residual) (residual may be out itself).
   m.def("winograd_time_input(Tensor x) -> Tensor");
   m.def("winograd_time_output(Tensor[] m, Tensor? bias, str activation, Tensor? residual, Tensor(a!) out) -> ()");
+  // Its bf16 form by F(2, 3) (csrc/cpu/conv3d_winograd_time_bf16.cpp): weight -> U [4, C_in, C_out] float32;
+  // bf16 x -> V [4, R, C] bf16; the 4 bf16 products [R, C_out] -> bf16 out (residual bf16, may be out itself);
+  // portable: the scalar transforms instead of the AVX-512 ones (for tests: both must agree bit for bit).
+  m.def("winograd_time_f2_weight(Tensor weight) -> Tensor");
+  m.def("winograd_time_input_bf16(Tensor x, bool portable=False) -> Tensor");
+  m.def("winograd_time_output_bf16(Tensor[] m, Tensor? bias, str activation, Tensor? residual, bool portable, "
+        "Tensor(a!) out) -> ()");
   // CPU Winograd conv for 1x3x3 kernels, stride 1, padding (0, 1, 1) (csrc/cpu/conv3d_winograd.cpp), fp32.
   // conv3d_winograd_weight: weight [C_out, C_in, 1, 3, 3] -> transformed filter [(tile + 2)^2, C_in, C_out]
   // for F(tile x tile, 3 x 3), tile 4 or 2. conv3d_winograd: act(conv(x) + bias + residual), x [N, C_in, T,

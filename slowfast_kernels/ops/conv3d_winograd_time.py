@@ -37,21 +37,27 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import _ext
+from .. import _ext, cpu_isa
 
 
 def winograd_time_supports(x: torch.Tensor, weight_shape: Sequence[int], stride, padding, dilation) -> bool:
-    """Whether the native kernel computes this conv: CPU fp32, kernel 3x1x1, stride 1, padding (1, 0, 0)."""
-    return (_ext.LOAD_ERROR is None and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
-            and tuple(weight_shape[2:]) == (3, 1, 1) and tuple(stride) == (1, 1, 1)
+    """Whether the native kernels compute this conv: CPU float32 (F(4, 3)) or bfloat16 (F(2, 3)), kernel
+    3x1x1, stride 1, padding (1, 0, 0)."""
+    return (_ext.LOAD_ERROR is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and x.dim() == 5 and tuple(weight_shape[2:]) == (3, 1, 1) and tuple(stride) == (1, 1, 1)
             and tuple(padding) == (1, 0, 0) and tuple(dilation) == (1, 1, 1))
 
 
 def winograd_time_wins(x: torch.Tensor, weight_shape: Sequence[int], stride, padding, dilation) -> bool:
-    """The plan's rule: supported, T a multiple of 4 (no padded tile), and wide enough to be compute bound
-    (C_in >= 128 and C_out >= 64; see the table above)."""
-    return (winograd_time_supports(x, weight_shape, stride, padding, dilation) and x.shape[2] % 4 == 0
-            and weight_shape[1] >= 128 and weight_shape[0] >= 64)
+    """The plan's rule. float32: supported, T a multiple of 4 (no padded tile), and wide enough to be compute
+    bound (C_in >= 128 and C_out >= 64; see the table above). bfloat16: F(2, 3) on the avx512 tier with
+    AVX512_BF16 (no AMX: not measured there), C_in and C_out >= 256 (the table in WinogradTimeConv)."""
+    if not winograd_time_supports(x, weight_shape, stride, padding, dilation):
+        return False
+    if x.dtype == torch.bfloat16:
+        isa = cpu_isa.current()
+        return isa.tier == "avx512" and isa.native_bf16 and weight_shape[1] >= 256 and weight_shape[0] >= 256
+    return x.shape[2] % 4 == 0 and weight_shape[1] >= 128 and weight_shape[0] >= 64
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -82,46 +88,77 @@ def _onednn_linear_ok() -> bool:
 
 
 class WinogradTimeConv:
-    """The fused model's runner (plan.make_runner): the filter transformed once, each of its 6 planes packed
+    """The fused model's runner (plan.make_runner): the filter transformed once, each of its planes packed
     for oneDNN's matmul at this input's row count (oneDNN's packed GEMM measured ~10% faster than at::bmm
-    here); a call is input transform -> 6 GEMMs -> output transform with bias, residual and ReLU.
+    here); a call is input transform -> one GEMM a plane -> output transform with bias, residual and ReLU.
+    float32 x: F(4, 3) (6 planes); bfloat16 x: F(2, 3) (4 planes, bf16 GEMMs; csrc/cpu/conv3d_winograd_time_bf16.cpp).
     shared: the layer's dict of shape-independent prepared weights (plan.make_runner): the transformed filter
-    is made once there; the packed planes depend on the row count (batch and frame size), so stay per shape."""
+    is made once there; the packed planes depend on the row count (batch and frame size), so stay per shape.
+
+    bf16 F(2, 3) against oneDNN's bf16 conv as the (3, 1) 2D view (the plan's runner otherwise), the AVX-512
+    EPYC with AVX512_BF16, 2 threads, batch 1, medians of 21 (IQR 0.03-0.40 ms), bias + ReLU:
+
+        C_in -> C_out  T  H=W    oneDNN   F(2, 3)   ratio   error / oneDNN's (max, vs float64)
+        1024 ->  256   8  14     5.20 ms  4.73 ms   1.10    4.3e-3 / 2.2e-3   Slow res4 conv a
+        2048 ->  512   8   7     5.38     4.72      1.14    4.4e-3 / 2.4e-3   Slow res5 conv a
+        1024 ->  512   8  14    10.57     8.77      1.21    3.7e-3 / 2.4e-3   res5 block 0, residual
+         512 ->  256   8  28    10.79     9.82      1.10    3.8e-3 / 2.8e-3   res4 block 0, residual
+         256 ->  512   8  14     2.53     2.35      1.08    4.7e-3 / 2.1e-3   res5 block 0, lateral part
+         256 ->  128  32  14     2.90     2.98      0.97    (Fast res4 conv a)
+         128 ->  256   8  28     2.59     3.32      0.78    (res4 block 0, lateral part)
+          64 ->   32  32  56     3.43     7.99      0.43    memory bound
+
+    so from 256 channels in and out (winograd_time_wins)."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
                  activation: str, x: torch.Tensor, shared: Optional[Dict[tuple, torch.Tensor]] = None) -> None:
-        _check(x, weight)
-        key = ("winograd_time", x.device)
+        self.bf16 = isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16
+        if not self.bf16:
+            _check(x, weight)
+        elif not winograd_time_supports(x, weight.shape, stride, padding, dilation):
+            raise ValueError(f"WinogradTimeConv: x: expected a float32 or bfloat16 CPU tensor [N, C_in, T, H, W] and a "
+                             f"[C_out, C_in, 3, 1, 1] weight, got {tuple(x.shape)} {x.dtype} on {x.device} and "
+                             f"{tuple(weight.shape)}")
+        ops = torch.ops.slowfast_kernels
+        key = ("winograd_time_f2" if self.bf16 else "winograd_time", x.device)
         u = shared.get(key) if shared is not None else None
-        if u is None:
-            u = torch.ops.slowfast_kernels.conv3d_winograd_time_weight(weight.float())  # [6, C_in, C_out]
+        if u is None:  # [6 or 4, C_in, C_out]
+            u = ops.winograd_time_f2_weight(weight.float()) if self.bf16 else \
+                ops.conv3d_winograd_time_weight(weight.float())
             if shared is not None:
                 shared[key] = u
-        self.rows = x.shape[0] * -(-x.shape[2] // 4) * x.shape[3] * x.shape[4]
+        tile = 2 if self.bf16 else 4
+        self.rows = x.shape[0] * -(-x.shape[2] // tile) * x.shape[3] * x.shape[4]
         self.onednn = _onednn_linear_ok()
+        dtype = x.dtype
         if self.onednn:
-            self.planes: List[torch.Tensor] = [torch.ops.mkldnn._reorder_linear_weight(u[k].t().contiguous(),
-                                                                                       self.rows) for k in range(6)]
+            self.planes: List[torch.Tensor] = [torch.ops.mkldnn._reorder_linear_weight(
+                u[k].t().contiguous().to(dtype), self.rows) for k in range(u.shape[0])]
         else:
-            self.planes = [u[k].contiguous() for k in range(6)]
+            self.planes = [u[k].to(dtype).contiguous() for k in range(u.shape[0])]
         self.bias = None if bias is None else bias.float().contiguous()
         self.activation, self.c_out = activation, weight.shape[0]
 
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                  residual_is_scratch: bool = False) -> torch.Tensor:
         ops = torch.ops.slowfast_kernels
-        v = ops.winograd_time_input(x)
+        v = ops.winograd_time_input_bf16(x) if self.bf16 else ops.winograd_time_input(x)
         if self.onednn:
-            m = [torch.ops.mkldnn._linear_pointwise(v[k], self.planes[k], None, "none", [], "") for k in range(6)]
+            m = [torch.ops.mkldnn._linear_pointwise(v[k], p, None, "none", [], "") for k, p in enumerate(self.planes)]
         else:
-            m = [torch.mm(v[k], self.planes[k]) for k in range(6)]
-        if residual is not None and residual_is_scratch and residual.dtype == torch.float32 \
+            m = [torch.mm(v[k], p) for k, p in enumerate(self.planes)]
+        dtype = x.dtype
+        if residual is not None and residual_is_scratch and residual.dtype == dtype \
                 and residual.is_contiguous(memory_format=torch.channels_last_3d):
             out = residual  # accumulated in place: no fresh output memory
         else:
             n, _, t, h, w = x.shape
-            out = torch.empty((n, self.c_out, t, h, w), memory_format=torch.channels_last_3d)
-        ops.winograd_time_output(m, self.bias, self.activation, residual, out)
+            out = torch.empty((n, self.c_out, t, h, w), dtype=dtype, memory_format=torch.channels_last_3d)
+        if self.bf16:
+            r = None if residual is None else residual.to(torch.bfloat16)
+            ops.winograd_time_output_bf16(m, self.bias, self.activation, r, False, out)
+        else:
+            ops.winograd_time_output(m, self.bias, self.activation, residual, out)
         return out
 
 
