@@ -24,6 +24,11 @@ Without AVX-512 (an AMD EPYC with AVX2 only, 1 thread, loaded machine, medians o
 93.6 ms oneDNN vs 54.9 ms F(4, 3): the rule holds on every ISA tier (the transforms are compiled for AVX-512,
 AVX2 and plain x86).
 
+bf16 (WinogradTimeConv on a bfloat16 input): F(2, 3), 2 output frames from 4 transformed ones (4 products
+instead of 6), the transforms in csrc/cpu/conv3d_winograd_time_bf16.cpp and the GEMMs in bf16; F(4, 3)'s
+larger matrix entries (up to 8) multiplied the extra bf16 roundings into ~6x oneDNN's bf16 error, F(2, 3)'s
+~2x. Measured and chosen on AVX512_BF16 CPUs without AMX (the table in WinogradTimeConv).
+
 The GEMMs run through oneDNN's packed-weight matmul (at::bmm: 20-40% slower on these shapes).
 fp32 error: ~1.6e-6 of the output's max magnitude (oneDNN's direct conv: ~1.7e-6), points 0, +-1, +-2, inf.
 
