@@ -75,6 +75,12 @@ TORCH_LIBRARY(slowfast_kernels, m) {
   // for F(tile x tile, 3 x 3), tile 4 or 2. conv3d_winograd: act(conv(x) + bias + residual), x [N, C_in, T,
   // H, W] in any layout (channels-innermost read in place), out channels_last_3d; tile_block: output tiles
   // per GEMM block (0: from the cache budget); portable: skip the AVX-512 path (tests compare both). The _out form writes into out (residual may be out itself).
+  // Its bf16 form by F(2x2, 3x3) (csrc/cpu/conv3d_winograd_bf16.cpp): weight [C_out, C_in, 1, 3, 3] -> U as
+  // channel pairs [16, ceil(C_in / 2), C_out, 2] bf16; x bf16 in any layout, bias fp32, residual bf16, out
+  // bf16 channels_last_3d; portable: the scalar loops instead of VDPBF16PS (tests).
+  m.def("conv3d_winograd_bf16_weight(Tensor weight) -> Tensor");
+  m.def("conv3d_winograd_bf16(Tensor x, Tensor packed, Tensor? bias, str activation, Tensor? residual, "
+        "bool portable=False) -> Tensor");
   m.def("conv3d_winograd_weight(Tensor weight, int tile=4) -> Tensor");
   m.def(
       "conv3d_winograd(Tensor x, Tensor packed, Tensor? bias, str activation, Tensor? residual=None, "

@@ -44,7 +44,8 @@ from torch import nn
 from . import _ext, cpu_isa, tuning
 from .ops.conv3d_bn_act import conv3d_bn_act, fold_bn, layout_of, resolve_backend
 from .ops.conv3d_small_cin import conv3d_small_cin, small_cin_wins
-from .ops.conv3d_winograd import WinogradConv, winograd_supports, winograd_wins
+from .ops.conv3d_winograd import (WinogradBf16Conv, WinogradConv, winograd_bf16_supports, winograd_bf16_wins,
+                                  winograd_supports, winograd_wins)
 from .ops.conv3d_winograd_time import WinogradTimeConv, winograd_time_supports, winograd_time_wins
 
 Runner = Callable[..., torch.Tensor]
@@ -349,7 +350,8 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
     (transformed Winograd filters, the small-C_in weight) are taken from it or added to it, so runners of
     several input shapes hold one copy.
 
-    variant: "3d", "2d" (View2D, where view2d_kind allows it), "winograd" (CPU 1x3x3 convs by F(4x4, 3x3)),
+    variant: "3d", "2d" (View2D, where view2d_kind allows it), "winograd" (CPU 1x3x3 convs by F(4x4, 3x3), bf16 by
+    F(2x2, 3x3)),
     "winograd_time" (CPU 3x1x1 convs by F(4, 3)), "time_gemm" (CPU Kx1x1 convs as K GEMMs, TimeGemmConv) or
     "auto": on CUDA the faster of 3d and 2d by one bounded measurement per layer shape (two cuDNN calls timed,
     cached by slowfast_kernels.tuning: on the H200 the 2D view of the Fast pathway's small-channel layers ran
@@ -382,15 +384,20 @@ def make_runner(weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padd
                              f"{tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)})")
         return TimeGemmConv(weight, bias, padding, activation, x)
     if variant == "winograd":
-        if chosen != "cpu" or not winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype):
+        bf16 = winograd_bf16_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype)
+        if chosen != "cpu" or not (bf16 or winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype)):
             raise ValueError(f"make_runner: variant 'winograd' needs the cpu backend (got {chosen!r}), a float32 "
-                             f"input and a 1x3x3 kernel with stride 1 and padding (0, 1, 1) (got "
+                             f"or bfloat16 input and a 1x3x3 kernel with stride 1 and padding (0, 1, 1) (got "
                              f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)})")
-        return WinogradConv(weight, bias, activation, shared=shared)
+        return WinogradBf16Conv(weight, bias, activation, shared) if bf16 else \
+            WinogradConv(weight, bias, activation, shared=shared)
     if chosen == "cpu" and variant == "auto":
         if winograd_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype) \
                 and winograd_wins(x.shape, weight.shape):
             return WinogradConv(weight, bias, activation, shared=shared)
+        if winograd_bf16_supports(x.shape, weight.shape, stride, padding, dilation, x.dtype) \
+                and winograd_bf16_wins(x.shape, weight.shape):
+            return WinogradBf16Conv(weight, bias, activation, shared)
         if winograd_time_wins(x, weight.shape, stride, padding, dilation):
             return WinogradTimeConv(*geometry, x, shared)
         if time_gemm_wins(x, weight.shape, stride, padding, dilation):

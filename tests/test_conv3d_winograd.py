@@ -180,3 +180,165 @@ def test_supports_and_rule():
         assert winograd_wins((1, 256, 8, 14, 14), w)
         assert winograd_wins((1, 32, 8, 14, 14), (32, 32, 1, 3, 3))
         assert not winograd_wins((1, 8, 32, 56, 56), (8, 8, 1, 3, 3))
+
+
+# --- bf16: F(2x2, 3x3) with VDPBF16PS ----------------------------------------------------------------------
+
+from slowfast_kernels import cpu_isa  # noqa: E402
+from slowfast_kernels.ops.conv3d_winograd import (WinogradBf16Conv, conv3d_winograd_bf16,  # noqa: E402
+                                                  conv3d_winograd_bf16_weight, winograd_bf16_supports,
+                                                  winograd_bf16_wins)
+
+NATIVE_BF16 = "avx512_bf16" in cpu_isa.current().flags and "avx512bw" in cpu_isa.current().flags
+# The VDPBF16PS path where the CPU has it; the scalar loops everywhere (the path on other CPUs).
+PATHS = [pytest.param(False, id="vdpbf16ps", marks=pytest.mark.skipif(not NATIVE_BF16, reason="no AVX512_BF16")),
+         pytest.param(True, id="scalar")]
+BF16_SHAPES = [
+    (2, 19, 3, 7, 9, 37),    # odd C_in (the zero pad channel), masked output tails, partial tiles
+    (1, 32, 2, 1, 1, 16),    # one pixel
+    (1, 150, 2, 5, 6, 40),   # over 64 channel pairs: the GEMM sums K in blocks
+    (2, 19, 3, 26, 26, 37),  # over one block of tiles per thread
+    (1, 24, 1, 4, 4, 64),    # fewer tiles than threads x 8: the output channels split between threads
+]
+BF16_IDS = ["19-37_7x9", "1x1", "150-40_kblocks", "blocks", "co_split"]
+
+
+def _bf16_truth(x, weight, bias, residual, activation):
+    y = torch.nn.functional.conv3d(x.bfloat16().double(), weight.bfloat16().double(), bias.double(),
+                                   padding=(0, 1, 1))
+    if residual is not None:
+        y = y + residual.bfloat16().double()
+    return y.relu() if activation == "relu" else y
+
+
+def _assert_bf16_close(y, truth):
+    # F(2x2) in bf16 rounds V to bf16 before the GEMMs: ~2x oneDNN's bf16 conv error (4-5e-3 of the output's
+    # range against 2.3-2.5e-3 on the R50 layers, ops/conv3d_winograd.py). 2e-2 leaves room for these small
+    # random shapes without hiding a wrong tap or tile (a dropped tap errs ~0.3).
+    assert y.dtype == torch.bfloat16 and y.shape == truth.shape and y.is_contiguous(memory_format=CL)
+    err = (y.double() - truth).abs().max().item()
+    assert err <= 2e-2 * truth.abs().max().item(), err
+
+
+@pytest.mark.parametrize("portable", PATHS)
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=BF16_IDS)
+@pytest.mark.parametrize("activation", ["relu", "none"])
+def test_bf16_matches_conv3d(shape, activation, portable):
+    x, weight, bias, residual = _case(shape)
+    packed = conv3d_winograd_bf16_weight(weight)
+    y = conv3d_winograd_bf16(x.bfloat16(), packed, bias, activation, None, portable)  # NCDHW: copied
+    _assert_bf16_close(y, _bf16_truth(x, weight, bias, None, activation))
+    xr = x.bfloat16().contiguous(memory_format=CL)
+    y = conv3d_winograd_bf16(xr, packed, bias, activation, residual.bfloat16(), portable)
+    _assert_bf16_close(y, _bf16_truth(x, weight, bias, residual, activation))
+
+
+@pytest.mark.parametrize("portable", PATHS)
+def test_bf16_split_and_blocks_under_one_and_two_threads(portable):
+    x, weight, bias, _ = _case((1, 24, 1, 4, 4, 64))
+    packed = conv3d_winograd_bf16_weight(weight)
+    truth = _bf16_truth(x, weight, bias, None, "relu")
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            _assert_bf16_close(conv3d_winograd_bf16(x.bfloat16(), packed, bias, "relu", None, portable), truth)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("portable", PATHS)
+def test_bf16_nan_and_inf_reach_the_output(portable):
+    """A non-finite input spreads over its F(2x2) tiles (a superset of eager's positions, DESIGN.md); ReLU keeps
+    NaN; every output eager makes non-finite is non-finite here, every other tile stays finite."""
+    x, weight, bias, _ = _case((1, 16, 2, 8, 8, 16))
+    x[0, 3, 0, 2, 5] = float("nan")
+    x[0, 7, 1, 6, 1] = float("inf")
+    y = conv3d_winograd_bf16(x.bfloat16(), conv3d_winograd_bf16_weight(weight), bias, "relu", None, portable)
+    eager = torch.nn.functional.conv3d(x, weight, bias, padding=(0, 1, 1)).relu()
+    assert (~y.float().isfinite())[~eager.isfinite()].all()
+    assert y.float().isnan().any()
+    assert y[0, :, 0, 6:, 6:].float().isfinite().all() and y[0, :, 1, :2, 4:].float().isfinite().all()
+
+
+def test_bf16_weight_layout():
+    """U as channel pairs: packed[k, c // 2, o, c % 2] = (G g G^T)[o, c, k // 4, k % 4], an odd C_in padded."""
+    weight = torch.randn(5, 3, 1, 3, 3)
+    G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
+    u = (G @ weight.double()[:, :, 0] @ G.t())  # [5, 3, 4, 4]
+    packed = conv3d_winograd_bf16_weight(weight)
+    assert packed.shape == (16, 2, 5, 2) and packed.dtype == torch.bfloat16
+    for k in range(16):
+        for c in range(3):
+            assert torch.equal(packed[k, c // 2, :, c % 2], u[:, c, k // 4, k % 4].bfloat16())
+    assert not packed[:, 1, :, 1].any()  # the pad channel
+
+
+def test_bf16_runner_and_rule():
+    x, weight, bias, residual = _case((1, 20, 2, 5, 6, 12))
+    run = WinogradBf16Conv(weight, bias, "relu")
+    _assert_bf16_close(run(x.bfloat16(), residual.bfloat16()), _bf16_truth(x, weight, bias, residual, "relu"))
+    g = ((1, 1, 1), (0, 1, 1), (1, 1, 1))
+    assert winograd_bf16_supports((1, 128, 8, 28, 28), (128, 128, 1, 3, 3), *g, torch.bfloat16)
+    assert not winograd_bf16_supports((1, 128, 8, 28, 28), (128, 128, 1, 3, 3), *g, torch.float32)
+    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}))
+    amx = cpu_isa.CpuIsa("GenuineIntel", "Xeon", frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
+    with cpu_isa.override(zen4):
+        assert winograd_bf16_wins((1, 128, 8, 28, 28), (128, 128, 1, 3, 3))
+        assert winograd_bf16_wins((1, 256, 8, 14, 14), (256, 256, 1, 3, 3))
+        assert not winograd_bf16_wins((1, 64, 8, 56, 56), (64, 64, 1, 3, 3))      # even with oneDNN
+        assert not winograd_bf16_wins((1, 512, 8, 7, 7), (512, 512, 1, 3, 3))     # even, noisy
+        assert not winograd_bf16_wins((1, 32, 32, 14, 14), (32, 32, 1, 3, 3))     # the Fast pathway: slower
+    with cpu_isa.override(amx):
+        assert not winograd_bf16_wins((1, 128, 8, 28, 28), (128, 128, 1, 3, 3))  # not measured with AMX
+
+
+def test_bf16_bad_input_is_named():
+    x, weight, bias, _ = _case((1, 4, 2, 3, 3, 6))
+    packed = conv3d_winograd_bf16_weight(weight)
+    ops = torch.ops.slowfast_kernels
+    with pytest.raises(RuntimeError, match="x: expected bfloat16"):
+        ops.conv3d_winograd_bf16(x, packed, bias, "relu", None)
+    with pytest.raises(RuntimeError, match=r"packed: expected conv3d_winograd_bf16_weight's .* \[16, 3, C_out, 2\]"):
+        ops.conv3d_winograd_bf16(torch.zeros(1, 6, 2, 3, 3, dtype=torch.bfloat16), packed, bias, "relu", None)
+    with pytest.raises(RuntimeError, match=r"bias: expected a contiguous float32 CPU tensor of shape \[6\]"):
+        ops.conv3d_winograd_bf16(x.bfloat16(), packed, bias.bfloat16(), "relu", None)
+    with pytest.raises(RuntimeError, match="activation: expected 'relu' or 'none'"):
+        ops.conv3d_winograd_bf16(x.bfloat16(), packed, bias, "gelu", None)
+    with pytest.raises(RuntimeError, match="residual: expected a bfloat16 CPU tensor of shape"):
+        ops.conv3d_winograd_bf16(x.bfloat16(), packed, bias, "relu", torch.zeros(1, 6, 2, 3, 3))
+    with pytest.raises(RuntimeError, match=r"weight: expected a \[C_out, C_in, 1, 3, 3\] kernel"):
+        conv3d_winograd_bf16_weight(torch.zeros(6, 4, 3, 1, 1))
+    with pytest.raises(ValueError, match="WinogradBf16Conv: weight: expected"):
+        WinogradBf16Conv(torch.zeros(6, 4, 3, 1, 1), None)
+
+
+def test_bf16_opcheck():
+    x, weight, bias, residual = _case((1, 5, 2, 3, 4, 4))
+    packed = conv3d_winograd_bf16_weight(weight)
+    torch.library.opcheck(torch.ops.slowfast_kernels.conv3d_winograd_bf16,
+                          (x.bfloat16(), packed, bias, "relu", residual.bfloat16(), True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fused_bf16_model_takes_it_on_avx512_bf16():
+    """With a Zen 4 CPU seen by the rules, the bf16 plan runs Slow res3 / res4 conv_b by F(2x2), and the fused
+    bf16 model stays within twice eager bf16's error (test_fuse's bound for bf16)."""
+    import slowfast_kernels as sk
+    import slowfast_reference as R
+    from _checkpoint_fixtures import randomize
+
+    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}))
+    model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
+    x = R.pack_pathways(torch.randn(1, 3, 32, 64, 64), 4)
+    with cpu_isa.override(zen4), torch.no_grad():
+        fused = sk.fuse(model, dtype=torch.bfloat16)
+        actual = fused(x)
+        runners = [r for m in fused.modules() for per_part in getattr(m, "_runners", {}).values()
+                   for r in per_part.values()]
+        exact = model.double()([t.double() for t in x])
+        eager = model.float().bfloat16()([t.bfloat16() for t in x]).float()
+    model.float()
+    assert sum(isinstance(r, WinogradBf16Conv) for r in runners) == 8  # Slow res3 (3) + res4 (5) stride-1 conv_b
+    err = (actual.double() - exact).abs().max().item()
+    assert err <= 2 * (eager.double() - exact).abs().max().item(), err

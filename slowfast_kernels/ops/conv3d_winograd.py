@@ -7,6 +7,9 @@ transformed once (`conv3d_winograd_weight`); `WinogradConv` is the fused model's
 
 Speed: see `winograd_wins` for the measured table behind the shape rule.
 
+bf16 models: `conv3d_winograd_bf16` / `WinogradBf16Conv`, F(2x2, 3x3) with the GEMMs on VDPBF16PS (the
+errors and speeds in `winograd_bf16_wins`).
+
 Accuracy (benchmarks/bench_conv3d_winograd.py, every R50 8x8 conv_b shape, post-BN-like input = ReLU of a
 normal, He-scaled weight, no ReLU on the output; max |y - y_float64| / max |y_float64|):
 
@@ -162,6 +165,84 @@ class WinogradConv:
         return conv3d_winograd(x, self.packed, self.bias, self.activation, residual, out)
 
 
+# --- bf16: F(2x2, 3x3) (csrc/cpu/conv3d_winograd_bf16.cpp) ---------------------------------------------------
+
+
+def winograd_bf16_supports(x_shape: Sequence[int], weight_shape: Sequence[int], stride, padding, dilation,
+                           dtype: torch.dtype) -> bool:
+    """True when conv3d_winograd_bf16 computes this conv: the extension is built, bf16, a [C_out, C_in, 1, 3, 3]
+    kernel on a 5-d input with C_in channels, stride 1, padding (0, 1, 1), dilation 1."""
+    return winograd_supports(x_shape, weight_shape, stride, padding, dilation, torch.float32) \
+        and dtype == torch.bfloat16
+
+
+def winograd_bf16_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
+    """The measured rule for bf16 models: F(2x2, 3x3) with VDPBF16PS beats oneDNN's bf16 conv on an AVX512_BF16
+    CPU without AMX (not measured with AMX) for 128 to 256 channels in and out.
+
+    2-core AMD EPYC (Zen 4), 2 threads, batch 1, bias + ReLU, medians of 41 (IQR 0.04-0.18 ms; three runs):
+
+        conv_b (C -> C, T, HxW)   oneDNN bf16   F(2x2) bf16        error vs float64 (oneDNN / F(2x2))
+        Slow res2 64,  8, 56      4.04-4.09     3.85-4.00  ~1.03   2.4e-3 / 4.8e-3
+        Slow res3 128, 8, 28      3.92-4.01     2.56-2.69  1.50    2.5e-3 / 4.8e-3
+        Slow res4 256, 8, 14      3.76-3.79     2.48-2.56  1.50    2.3e-3 / 4.2e-3
+        Slow res5 512, 8, 7       3.40-3.48     3.12-4.33  ~1      2.4e-3 / 4.0e-3 (U, 8 MB, streamed per block)
+        Fast 8-64, 32, 56-7       0.26-1.17     0.82-0.29x slower
+
+    F(4x4)'s transforms (entries up to 8 in both dimensions) grew the bf16 error ~20x over oneDNN's, F(2x2)'s
+    ~1.7-2x (V is rounded to bf16 before the GEMMs; the products accumulate in fp32)."""
+    c_in, c_out = weight_shape[1], weight_shape[0]
+    isa = cpu_isa.current()
+    return isa.tier == "avx512" and isa.native_bf16 and 128 <= min(c_in, c_out) and max(c_in, c_out) <= 256
+
+
+def conv3d_winograd_bf16_weight(weight: torch.Tensor) -> torch.Tensor:
+    """F(2x2, 3x3)'s transformed filter G g G^T (float64, rounded to bf16 once) as channel pairs:
+    weight [C_out, C_in, 1, 3, 3] -> [16, ceil(C_in / 2), C_out, 2] bf16 (an odd C_in padded with a zero)."""
+    if _ext.LOAD_ERROR is not None:
+        raise RuntimeError(f"conv3d_winograd_bf16_weight: {_ext.LOAD_ERROR}")
+    return torch.ops.slowfast_kernels.conv3d_winograd_bf16_weight(weight)
+
+
+def conv3d_winograd_bf16(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         activation: str = "relu", residual: Optional[torch.Tensor] = None,
+                         portable: bool = False) -> torch.Tensor:
+    """act(conv3d(x, W, padding (0, 1, 1)) + bias + residual) in bf16, packed = conv3d_winograd_bf16_weight(W).
+
+    x [N, C_in, T, H, W] bf16 CPU, any layout (channels-innermost is read in place); bias [C_out] fp32 or None;
+    residual bf16 [N, C_out, T, H, W] or None; returns a new channels_last_3d bf16 tensor. portable=True runs
+    the scalar loops instead of VDPBF16PS (for tests; also the path on a CPU without AVX512_BF16)."""
+    if _ext.LOAD_ERROR is not None:
+        raise RuntimeError(f"conv3d_winograd_bf16: {_ext.LOAD_ERROR}")
+    return torch.ops.slowfast_kernels.conv3d_winograd_bf16(x, packed, bias, activation, residual, portable)
+
+
+class WinogradBf16Conv:
+    """Runner (plan's interface) for a BN-folded 1x3x3 conv of a bf16 model by F(2x2, 3x3):
+    act(conv(x) + bias + residual), bf16 out. weight: the folded fp32 [C_out, C_in, 1, 3, 3] weight, transformed
+    once here (or taken from shared, the layer's dict of shape-independent prepared weights)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "relu",
+                 shared: Optional[Dict[tuple, torch.Tensor]] = None) -> None:
+        if tuple(weight.shape[2:]) != (1, 3, 3) or weight.dim() != 5:
+            raise ValueError(f"WinogradBf16Conv: weight: expected [C_out, C_in, 1, 3, 3], got {tuple(weight.shape)}")
+        if activation not in ("relu", "none"):
+            raise ValueError(f"WinogradBf16Conv: activation: expected 'relu' or 'none', got {activation!r}")
+        key = ("winograd_bf16", weight.device)
+        self.packed = shared.get(key) if shared is not None else None
+        if self.packed is None:
+            self.packed = conv3d_winograd_bf16_weight(weight.detach().float())
+            if shared is not None:
+                shared[key] = self.packed
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.activation = activation
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                 residual_is_scratch: bool = False) -> torch.Tensor:
+        r = None if residual is None else residual.to(torch.bfloat16)
+        return conv3d_winograd_bf16(x, self.packed, self.bias, self.activation, r)
+
+
 if _ext.LOAD_ERROR is None:
 
     @torch.library.register_fake("slowfast_kernels::conv3d_winograd_weight")
@@ -172,6 +253,15 @@ if _ext.LOAD_ERROR is None:
     def _fake(x, packed, bias, activation, residual=None, tile_block=0, portable=False):
         shape = (x.shape[0], packed.shape[2], *x.shape[2:])
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_winograd_bf16_weight")
+    def _fake_bf16_weight(weight):
+        return weight.new_empty((16, (weight.shape[1] + 1) // 2, weight.shape[0], 2), dtype=torch.bfloat16)
+
+    @torch.library.register_fake("slowfast_kernels::conv3d_winograd_bf16")
+    def _fake_bf16(x, packed, bias, activation, residual=None, portable=False):
+        shape = (x.shape[0], packed.shape[2], *x.shape[2:])
+        return torch.empty(shape, dtype=torch.bfloat16, device=x.device, memory_format=torch.channels_last_3d)
 
     @torch.library.register_fake("slowfast_kernels::conv3d_winograd_out")
     def _fake_out(x, packed, bias, activation, residual, tile_block, portable, out):
