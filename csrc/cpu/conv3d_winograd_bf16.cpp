@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "../checks.h"
+#include "bf16_bits.h"
 
 namespace slowfast_kernels {
 namespace {
@@ -36,19 +37,8 @@ struct Geometry {
   int64_t yn, yt, yh, yw;  // out's
 };
 
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline uint16_t float_to_bf16(float f) {  // nearest even, NaN -> 0x7FC0 (c10::BFloat16's rounding)
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+using bf16_bits::from_float;
+using bf16_bits::to_float;
 
 // 1-D B^T d and A^T m of F(2, 3), on any value type with + and -.
 template <typename V>
@@ -81,7 +71,7 @@ void input_tiles(const uint16_t* x, const Geometry& g, int64_t p0, int64_t p1, u
         for (int j = 0; j < kA; ++j) {
           const int64_t h = h0 + i, w = w0 + j;
           const bool in = c < g.C && h >= 0 && h < g.H && w >= 0 && w < g.W;
-          d[i][j] = in ? bf16_to_float(frame[h * g.xh + w * g.xw + c]) : 0.0f;
+          d[i][j] = in ? to_float(frame[h * g.xh + w * g.xw + c]) : 0.0f;
         }
       }
       for (int j = 0; j < kA; ++j) {
@@ -91,7 +81,7 @@ void input_tiles(const uint16_t* x, const Geometry& g, int64_t p0, int64_t p1, u
       }
       for (int i = 0; i < kA; ++i) {
         input_1d(t[i], r);
-        for (int j = 0; j < kA; ++j) v[((i * kA + j) * nb) * g.Cp + c] = float_to_bf16(r[j]);
+        for (int j = 0; j < kA; ++j) v[((i * kA + j) * nb) * g.Cp + c] = from_float(r[j]);
       }
     }
   }
@@ -109,7 +99,7 @@ void block_gemms(const uint16_t* V, const uint16_t* U, const Geometry& g, float*
         float acc = 0.0f;
         for (int64_t q = 0; q < pairs; ++q) {
           const uint16_t* b = U + ((k * pairs + q) * g.Co + o) * 2;
-          acc += bf16_to_float(a[2 * q]) * bf16_to_float(b[0]) + bf16_to_float(a[2 * q + 1]) * bf16_to_float(b[1]);
+          acc += to_float(a[2 * q]) * to_float(b[0]) + to_float(a[2 * q + 1]) * to_float(b[1]);
         }
         m[o - co0] = acc;
       }
@@ -139,9 +129,9 @@ void output_tiles(const float* M, const Geometry& g, int64_t p0, int64_t p1, int
         output_1d(t[i], r);
         for (int j = 0; j < cols; ++j) {
           float y = r[j] + b;
-          if (residual) y += bf16_to_float(residual[n_ * g.rn + t_ * g.rt + (h0 + i) * g.rh + (w0 + j) * g.rw + o]);
+          if (residual) y += to_float(residual[n_ * g.rn + t_ * g.rt + (h0 + i) * g.rh + (w0 + j) * g.rw + o]);
           if (relu) y = y < 0.0f ? 0.0f : y;  // NaN < 0 is false: NaN kept
-          out[n_ * g.yn + t_ * g.yt + (h0 + i) * g.yh + (w0 + j) * g.yw + o] = float_to_bf16(y);
+          out[n_ * g.yn + t_ * g.yt + (h0 + i) * g.yh + (w0 + j) * g.yw + o] = from_float(y);
         }
       }
     }
@@ -162,19 +152,10 @@ struct Vec {  // 16 fp32 lanes
   Vec operator-(const Vec& o) const { return {_mm512_sub_ps(v, o.v)}; }
 };
 
-inline __mmask16 mask16(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
+using bf16_bits::mask16;
+using bf16_bits::store16;
 
-inline Vec load_bf16(const uint16_t* p, __mmask16 k) {
-  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16))};
-}
-
-inline void store_bf16(uint16_t* p, __mmask16 k, __m512 f) {  // nearest even, NaN -> 0x7FC0
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm512_mask_cvtepi32_storeu_epi16(p, k, r);
-}
+inline Vec load16(const uint16_t* p, __mmask16 k) { return {bf16_bits::load16(p, k)}; }
 
 void input_tiles(const uint16_t* x, const Geometry& g, int64_t p0, int64_t p1, uint16_t* V, int64_t nb) {
   const int64_t per_frame = g.tiles_h * g.tiles_w;
@@ -194,7 +175,7 @@ void input_tiles(const uint16_t* x, const Geometry& g, int64_t p0, int64_t p1, u
       const __mmask16 in = mask16(g.C - c0), k = mask16(g.Cp - c0);  // the pad channel loads as zero
       Vec d[kA][kA], t[kA][kA], col[kA], r[kA];
       for (int i = 0; i < kA; ++i) {
-        for (int j = 0; j < kA; ++j) d[i][j] = px[i][j] ? load_bf16(px[i][j] + c0, in) : Vec{_mm512_setzero_ps()};
+        for (int j = 0; j < kA; ++j) d[i][j] = px[i][j] ? load16(px[i][j] + c0, in) : Vec{_mm512_setzero_ps()};
       }
       for (int j = 0; j < kA; ++j) {
         for (int i = 0; i < kA; ++i) col[i] = d[i][j];
@@ -203,7 +184,7 @@ void input_tiles(const uint16_t* x, const Geometry& g, int64_t p0, int64_t p1, u
       }
       for (int i = 0; i < kA; ++i) {
         input_1d(t[i], r);
-        for (int j = 0; j < kA; ++j) store_bf16(v + ((i * kA + j) * nb) * g.Cp + c0, k, r[j].v);
+        for (int j = 0; j < kA; ++j) store16(v + ((i * kA + j) * nb) * g.Cp + c0, k, r[j].v);
       }
     }
   }
@@ -303,10 +284,10 @@ void output_tiles(const float* M, const Geometry& g, int64_t p0, int64_t p1, int
           __m512 y = _mm512_add_ps(r[j].v, b);
           if (residual) {
             y = _mm512_add_ps(
-                y, load_bf16(residual + n_ * g.rn + t_ * g.rt + (h0 + i) * g.rh + (w0 + j) * g.rw + c0, k).v);
+                y, load16(residual + n_ * g.rn + t_ * g.rt + (h0 + i) * g.rh + (w0 + j) * g.rw + c0, k).v);
           }
           if (relu) y = _mm512_max_ps(zero, y);  // vmaxps returns its second operand when one is NaN
-          store_bf16(out + n_ * g.yn + t_ * g.yt + (h0 + i) * g.yh + (w0 + j) * g.yw + c0, k, y);
+          store16(out + n_ * g.yn + t_ * g.yt + (h0 + i) * g.yh + (w0 + j) * g.yw + c0, k, y);
         }
       }
     }

@@ -18,10 +18,10 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstring>
 #include <immintrin.h>
 
 #include "../checks.h"
+#include "bf16_bits.h"
 
 namespace slowfast_kernels {
 namespace {
@@ -29,32 +29,19 @@ namespace {
 constexpr int64_t kTile = 2;    // output frames per tile
 constexpr int64_t kPoints = 4;  // input frames per tile = transformed planes
 
-inline float load_bf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// Round to nearest even, NaN -> 0x7FC0: c10::BFloat16's rounding, branch-free so the loops vectorize.
-inline uint16_t store_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
-}
+using bf16_bits::from_float;
+using bf16_bits::to_float;
 
 // One GEMM row of V for the 4 planes: d[0..3] the tile's input frames at one position (nullptr: outside the
 // clip, zero), C channels each.
 void input_transform_scalar(const uint16_t* const* d, int64_t C, uint16_t* const* v) {
   for (int64_t c = 0; c < C; ++c) {
-    const float a = d[0] ? load_bf16(d[0][c]) : 0.0f, b = d[1] ? load_bf16(d[1][c]) : 0.0f;
-    const float e = d[2] ? load_bf16(d[2][c]) : 0.0f, f = d[3] ? load_bf16(d[3][c]) : 0.0f;
-    v[0][c] = store_bf16(a - e);
-    v[1][c] = store_bf16(b + e);
-    v[2][c] = store_bf16(e - b);
-    v[3][c] = store_bf16(b - f);
+    const float a = d[0] ? to_float(d[0][c]) : 0.0f, b = d[1] ? to_float(d[1][c]) : 0.0f;
+    const float e = d[2] ? to_float(d[2][c]) : 0.0f, f = d[3] ? to_float(d[3][c]) : 0.0f;
+    v[0][c] = from_float(a - e);
+    v[1][c] = from_float(b + e);
+    v[2][c] = from_float(e - b);
+    v[3][c] = from_float(b - f);
   }
 }
 
@@ -64,14 +51,14 @@ void input_transform_scalar(const uint16_t* const* d, int64_t C, uint16_t* const
 void output_transform_scalar(const uint16_t* const* m, int64_t Co, const float* bias, const uint16_t* const* r,
                              bool relu, uint16_t* const* y) {
   for (int64_t c = 0; c < Co; ++c) {
-    const float a = load_bf16(m[0][c]), b = load_bf16(m[1][c]), e = load_bf16(m[2][c]), f = load_bf16(m[3][c]);
+    const float a = to_float(m[0][c]), b = to_float(m[1][c]), e = to_float(m[2][c]), f = to_float(m[3][c]);
     const float bc = bias ? bias[c] : 0.0f;
     float o[kTile] = {a + b + e + bc, b - e - f + bc};
     for (int t = 0; t < kTile; ++t) {
       if (!y[t]) continue;
-      float val = o[t] + (r[t] ? load_bf16(r[t][c]) : 0.0f);
+      float val = o[t] + (r[t] ? to_float(r[t][c]) : 0.0f);
       if (relu) val = val < 0.0f ? 0.0f : val;
-      y[t][c] = store_bf16(val);
+      y[t][c] = from_float(val);
     }
   }
 }
@@ -81,24 +68,16 @@ void output_transform_scalar(const uint16_t* const* m, int64_t Co, const float* 
 #pragma GCC target("avx512f,avx512bw,avx512vl")
 namespace avx512 {
 
-inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
+using bf16_bits::mask16;
+using bf16_bits::store16;
 
-inline __m512 load16(const uint16_t* p, __mmask16 k) {  // 16 bf16 -> fp32; nullptr -> zeros
-  if (!p) return _mm512_setzero_ps();
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
-}
-
-inline void store16(uint16_t* p, __mmask16 k, __m512 f) {  // fp32 -> bf16, nearest even, NaN -> 0x7FC0
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm512_mask_cvtepi32_storeu_epi16(p, k, r);
+inline __m512 load16(const uint16_t* p, __mmask16 k) {  // nullptr -> zeros
+  return p ? bf16_bits::load16(p, k) : _mm512_setzero_ps();
 }
 
 void input_transform(const uint16_t* const* d, int64_t C, uint16_t* const* v) {
   for (int64_t c = 0; c < C; c += 16) {
-    const __mmask16 k = tail_mask(C - c);
+    const __mmask16 k = mask16(C - c);
     const __m512 a = load16(d[0] ? d[0] + c : nullptr, k), b = load16(d[1] ? d[1] + c : nullptr, k);
     const __m512 e = load16(d[2] ? d[2] + c : nullptr, k), f = load16(d[3] ? d[3] + c : nullptr, k);
     store16(v[0] + c, k, _mm512_sub_ps(a, e));
@@ -112,7 +91,7 @@ void output_transform(const uint16_t* const* m, int64_t Co, const float* bias, c
                       uint16_t* const* y) {
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t c = 0; c < Co; c += 16) {
-    const __mmask16 k = tail_mask(Co - c);
+    const __mmask16 k = mask16(Co - c);
     const __m512 a = load16(m[0] + c, k), b = load16(m[1] + c, k), e = load16(m[2] + c, k), f = load16(m[3] + c, k);
     const __m512 bc = bias ? _mm512_maskz_loadu_ps(k, bias + c) : zero;
     __m512 o[kTile] = {_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), e), bc),  // the scalar order
