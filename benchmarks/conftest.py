@@ -71,7 +71,10 @@ def machine_info() -> dict:
 def machine_tag() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).name.split()[-1].lower()
-    # an AMX CPU's figures are kept apart from the AVX-512 machine's (cpu2-*.json)
+    # SLOWFAST_BENCH_TAG names another CPU's files (cpu2-zen5: a Zen 5 EPYC beside the Zen 4 one's cpu2-*.json);
+    # an AMX CPU's figures are kept apart from the AVX-512 machine's by default (cpu2-amx-*.json)
+    if os.environ.get("SLOWFAST_BENCH_TAG"):
+        return os.environ["SLOWFAST_BENCH_TAG"]
     from slowfast_kernels import cpu_isa
 
     return f"cpu{os.cpu_count()}" + ("-amx" if cpu_isa.tier() == "amx" else "")

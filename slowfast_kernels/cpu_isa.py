@@ -29,6 +29,8 @@ class CpuIsa:
     model: str                  # "model name"
     flags: FrozenSet[str]       # /proc/cpuinfo flags
     capability: str = ""        # torch.backends.cpu.get_cpu_capability(): "AVX2", "AVX512", ...
+    family: str = ""            # /proc/cpuinfo "cpu family" and "model": the microarchitecture where the model
+    model_number: str = ""      # name does not tell it ("AMD EPYC": 25 is Zen 4, 26 Zen 5; Intel 6 / 207 ...)
 
     @property
     def tier(self) -> str:
@@ -48,7 +50,8 @@ class CpuIsa:
 
     def record(self) -> dict:
         """For benchmark JSON: model, vendor, tier, torch's capability, the ISA flags present."""
-        return {"cpu_model": self.model, "cpu_vendor": self.vendor, "cpu_isa_tier": self.tier,
+        return {"cpu_model": self.model, "cpu_vendor": self.vendor, "cpu_family": self.family,
+                "cpu_model_number": self.model_number, "cpu_isa_tier": self.tier,
                 "cpu_capability": self.capability, "cpu_flags": [f for f in ISA_FLAGS if f in self.flags]}
 
 
@@ -61,7 +64,7 @@ def _torch_capability() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _detect() -> CpuIsa:
-    vendor, model, flags = "", "", frozenset()
+    vendor, model, flags, family, number = "", "", frozenset(), "", ""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -71,6 +74,10 @@ def _detect() -> CpuIsa:
                     vendor = value
                 elif key == "model name" and not model:
                     model = value
+                elif key == "cpu family" and not family:
+                    family = value
+                elif key == "model" and not number:
+                    number = value
                 elif key == "flags" and not flags:
                     flags = frozenset(value.split())
                 if vendor and model and flags:
@@ -80,7 +87,8 @@ def _detect() -> CpuIsa:
     capability = _torch_capability()
     if not flags:  # no /proc/cpuinfo (macOS, Windows): what torch's dispatcher found
         flags = frozenset({"AVX2": {"avx2"}, "AVX512": {"avx2", "avx512f"}}.get(capability, set()))
-    return CpuIsa(vendor or "unknown", model or platform.processor() or platform.machine(), flags, capability)
+    return CpuIsa(vendor or "unknown", model or platform.processor() or platform.machine(), flags, capability,
+                  family, number)
 
 
 _override: Optional[CpuIsa] = None

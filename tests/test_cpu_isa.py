@@ -28,6 +28,8 @@ def test_tier_and_native_bf16_from_the_flags():
     assert INTEL_AMX.native_bf16 and AMD_AVX512.native_bf16 and not AVX2.native_bf16
     rec = INTEL_AMX.record()
     assert rec["cpu_model"] == INTEL_AMX.model and rec["cpu_isa_tier"] == "amx" and "amx_tile" in rec["cpu_flags"]
+    zen5 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", frozenset({"avx512f"}), "AVX512", "26", "2").record()
+    assert (zen5["cpu_family"], zen5["cpu_model_number"]) == ("26", "2")
 
 
 def test_this_machine_is_read():
@@ -35,6 +37,8 @@ def test_this_machine_is_read():
     assert isa.model and isa.tier in ("amx", "avx512", "avx2", "default")
     if Path("/proc/cpuinfo").exists():
         assert isa.flags and isa.vendor != "unknown"
+        if isa.vendor in ("AuthenticAMD", "GenuineIntel"):  # x86 lists "cpu family" and "model"
+            assert isa.family.isdigit() and isa.model_number.isdigit()
 
 
 def test_override_is_scoped():
