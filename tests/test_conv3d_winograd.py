@@ -281,7 +281,9 @@ def test_bf16_runner_and_rule():
     g = ((1, 1, 1), (0, 1, 1), (1, 1, 1))
     assert winograd_bf16_supports((1, 128, 8, 28, 28), (128, 128, 1, 3, 3), *g, torch.bfloat16)
     assert not winograd_bf16_supports((1, 128, 8, 28, 28), (128, 128, 1, 3, 3), *g, torch.float32)
-    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}))
+    flags = frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"})
+    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", flags, "AVX512", "25", "17")
+    zen5 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", flags | {"avx_vnni"}, "AVX512", "26", "2")
     amx = cpu_isa.CpuIsa("GenuineIntel", "Xeon", frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
     with cpu_isa.override(zen4):
         assert winograd_bf16_wins((1, 128, 8, 28, 28), (128, 128, 1, 3, 3))
@@ -291,6 +293,9 @@ def test_bf16_runner_and_rule():
         assert not winograd_bf16_wins((1, 32, 32, 14, 14), (32, 32, 1, 3, 3))     # the Fast pathway: slower
     with cpu_isa.override(amx):
         assert not winograd_bf16_wins((1, 128, 8, 28, 28), (128, 128, 1, 3, 3))  # not measured with AMX
+    with cpu_isa.override(zen5):  # full-width AVX-512: oneDNN measured faster in the model
+        assert not winograd_bf16_wins((1, 128, 8, 28, 28), (128, 128, 1, 3, 3))
+        assert not winograd_bf16_wins((1, 256, 8, 14, 14), (256, 256, 1, 3, 3))
 
 
 def test_bf16_bad_input_is_named():
@@ -328,7 +333,8 @@ def test_fused_bf16_model_takes_it_on_avx512_bf16():
     import slowfast_reference as R
     from _checkpoint_fixtures import randomize
 
-    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}))
+    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}),
+                          "AVX512", "25", "17")
     model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
     x = R.pack_pathways(torch.randn(1, 3, 32, 64, 64), 4)
     with cpu_isa.override(zen4), torch.no_grad():

@@ -133,7 +133,8 @@ def test_fused_model_takes_it_for_the_wide_temporal_layers():
 # --- bf16: F(2, 3) ---------------------------------------------------------------------------------------
 
 OPS = torch.ops.slowfast_kernels if _ext.LOAD_ERROR is None else None
-ZEN4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}))
+ZEN4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}),
+                      "AVX512", "25", "17")
 
 
 def _bf16_truth(x, weight, bias, residual, activation):

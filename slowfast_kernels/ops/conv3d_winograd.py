@@ -177,8 +177,10 @@ def winograd_bf16_supports(x_shape: Sequence[int], weight_shape: Sequence[int], 
 
 
 def winograd_bf16_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
-    """The measured rule for bf16 models: F(2x2, 3x3) with VDPBF16PS beats oneDNN's bf16 conv on an AVX512_BF16
-    CPU without AMX (not measured with AMX) for 128 to 256 channels in and out.
+    """The measured rule for bf16 models: F(2x2, 3x3) with VDPBF16PS beats oneDNN's bf16 conv on a Zen 4 EPYC
+    (AMD family 25: AVX-512 on 256-bit units, AVX512_BF16, no AMX) for 128 to 256 channels in and out. Not on
+    Zen 5 (family 26, full-width AVX-512 units: oneDNN's direct conv is twice as fast there and F(2x2) lost),
+    and not measured elsewhere (AMX, Intel AVX-512), so oneDNN runs it there.
 
     2-core AMD EPYC (Zen 4), 2 threads, batch 1, bias + ReLU, medians of 41 (IQR 0.04-0.18 ms; three runs):
 
@@ -190,10 +192,17 @@ def winograd_bf16_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> b
         Fast 8-64, 32, 56-7       0.26-1.17     0.82-0.29x slower
 
     F(4x4)'s transforms (entries up to 8 in both dimensions) grew the bf16 error ~20x over oneDNN's, F(2x2)'s
-    ~1.7-2x (V is rounded to bf16 before the GEMMs; the products accumulate in fp32)."""
+    ~1.7-2x (V is rounded to bf16 before the GEMMs; the products accumulate in fp32).
+
+    2-core AMD EPYC Zen 5 (family 26), 2 threads, batch 1: one layer in a hot loop is even (res3 1.91 vs oneDNN
+    2.06 ms, res4 2.13 vs 2.01), but with the model's five res4 weights in turn (U, 2 MB, no longer in L2)
+    F(2x2) 2.82 vs 2.23 ms (res3 2.42 vs 2.30), and in the model (profiled, alternating forwards, 8 of them)
+    res4 3.5 vs 2.4 ms a call; the fused bf16 forward 7.3 ms slower with the rule on (paired median of 40)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
     isa = cpu_isa.current()
-    return isa.tier == "avx512" and isa.native_bf16 and 128 <= min(c_in, c_out) and max(c_in, c_out) <= 256
+    zen4 = isa.vendor == "AuthenticAMD" and isa.family == "25"
+    return (isa.tier == "avx512" and isa.native_bf16 and zen4
+            and 128 <= min(c_in, c_out) and max(c_in, c_out) <= 256)
 
 
 def conv3d_winograd_bf16_weight(weight: torch.Tensor) -> torch.Tensor:
