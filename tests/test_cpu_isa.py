@@ -64,6 +64,8 @@ def test_winograd_rules_by_isa():
     w64, w256 = (64, 64, 1, 3, 3), (256, 256, 1, 3, 3)
     with cpu_isa.override(AMD_AVX512):
         assert winograd_wins((1, 64, 8, 56, 56), w64) and winograd_wins((1, 256, 8, 14, 14), w256)
+        assert not winograd_wins((1, 512, 8, 7, 7), (512, 512, 1, 3, 3))  # its 36 MB filter: oneDNN faster
+        assert not winograd_wins((1, 256, 8, 7, 7), (512, 256, 1, 3, 3))
     with cpu_isa.override(AVX2):
         assert not winograd_wins((1, 64, 8, 56, 56), w64) and winograd_wins((1, 256, 8, 14, 14), w256)
     with cpu_isa.override(PLAIN):

@@ -51,7 +51,8 @@ def winograd_supports(x_shape: Sequence[int], weight_shape: Sequence[int], strid
 
 def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     """The measured rule: Winograd F(4x4, 3x3) beats oneDNN's direct conv on this 1x3x3 conv when C_in and
-    C_out are both >= WINOGRAD_MIN_CHANNELS[the CPU's ISA tier] (32 with AVX-512, 256 with AVX2 only).
+    C_out are both >= WINOGRAD_MIN_CHANNELS[the CPU's ISA tier] (32 with AVX-512, 256 with AVX2 only) and
+    neither is above WINOGRAD_MAX_CHANNELS[tier] (256 with AVX-512 without AMX).
 
     Measured on 2 cores (AMD EPYC, AVX-512) shared with other jobs, so under load: medians (min) of 60 runs
     interleaved with oneDNN (plan.OneDNNConv, packed weight) in one process, fp32, batch 1, bias + ReLU,
@@ -79,8 +80,9 @@ def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
     transforms. Slow res5 has only 32 F(4x4) tiles yet still wins: the output channels are split between
     the threads there (see csrc/cpu/conv3d_winograd.cpp)."""
     c_in, c_out = weight_shape[1], weight_shape[0]
-    least = WINOGRAD_MIN_CHANNELS.get(cpu_isa.tier())
-    return least is not None and c_in >= least and c_out >= least
+    tier = cpu_isa.tier()
+    least, most = WINOGRAD_MIN_CHANNELS.get(tier), WINOGRAD_MAX_CHANNELS.get(tier)
+    return least is not None and c_in >= least and c_out >= least and (most is None or max(c_in, c_out) <= most)
 
 
 # Per ISA tier (cpu_isa.CpuIsa.tier): the least C_in and C_out at which F(4x4, 3x3) is chosen over oneDNN.
@@ -91,6 +93,12 @@ def winograd_wins(x_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
 # 56.6 (51.3) vs 50.6 (47.5), 512 ch 8x7 67.0 (60.4) vs 55.9 (50.5), Fast 32 ch 32x14 6.9 (2.7) vs 10.0
 # (8.5): from 256 channels. default (no AVX2): not measured: oneDNN.
 WINOGRAD_MIN_CHANNELS = {"avx512": 32, "amx": 32, "avx2": 256}
+# Per tier, the most C_in or C_out F(4x4, 3x3) takes. avx512: 256. At 512 channels (Slow res5) the transformed
+# filter is 36 MB (above L3) and streams from memory for every tile block: even with oneDNN on the Zen 4 EPYC
+# (the table above, under load), and on a Zen 5 EPYC (family 26, 2 threads, batch 1; profiled inside the fp32
+# model, 6 alternating forwards) 10.7 ms a forward (the batched GEMMs and transforms of its two layers) against
+# oneDNN's 7.7; with five res5 weights taking turns 5.36 vs 3.94 ms a layer (256 channels still 3.52 vs 4.17).
+WINOGRAD_MAX_CHANNELS = {"avx512": 256}
 
 
 def conv3d_winograd_weight(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
