@@ -274,6 +274,11 @@ def test_bf16_weight_layout():
     assert not packed[:, 1, :, 1].any()  # the pad channel
 
 
+# The CPU the bf16 F(2x2) rule was measured on (AMD family 25), as the rules see it.
+ZEN4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}),
+                      "AVX512", "25", "17")
+
+
 def test_bf16_runner_and_rule():
     x, weight, bias, residual = _case((1, 20, 2, 5, 6, 12))
     run = WinogradBf16Conv(weight, bias, "relu")
@@ -281,11 +286,9 @@ def test_bf16_runner_and_rule():
     g = ((1, 1, 1), (0, 1, 1), (1, 1, 1))
     assert winograd_bf16_supports((1, 128, 8, 28, 28), (128, 128, 1, 3, 3), *g, torch.bfloat16)
     assert not winograd_bf16_supports((1, 128, 8, 28, 28), (128, 128, 1, 3, 3), *g, torch.float32)
-    flags = frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"})
-    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", flags, "AVX512", "25", "17")
-    zen5 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", flags | {"avx_vnni"}, "AVX512", "26", "2")
+    zen5 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC", ZEN4.flags | {"avx_vnni"}, "AVX512", "26", "2")
     amx = cpu_isa.CpuIsa("GenuineIntel", "Xeon", frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
-    with cpu_isa.override(zen4):
+    with cpu_isa.override(ZEN4):
         assert winograd_bf16_wins((1, 128, 8, 28, 28), (128, 128, 1, 3, 3))
         assert winograd_bf16_wins((1, 256, 8, 14, 14), (256, 256, 1, 3, 3))
         assert not winograd_bf16_wins((1, 64, 8, 56, 56), (64, 64, 1, 3, 3))      # even with oneDNN
@@ -333,11 +336,9 @@ def test_fused_bf16_model_takes_it_on_avx512_bf16():
     import slowfast_reference as R
     from _checkpoint_fixtures import randomize
 
-    zen4 = cpu_isa.CpuIsa("AuthenticAMD", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}),
-                          "AVX512", "25", "17")
     model = randomize(R.slowfast_r50_8x8(num_classes=4)).eval()
     x = R.pack_pathways(torch.randn(1, 3, 32, 64, 64), 4)
-    with cpu_isa.override(zen4), torch.no_grad():
+    with cpu_isa.override(ZEN4), torch.no_grad():
         fused = sk.fuse(model, dtype=torch.bfloat16)
         actual = fused(x)
         runners = [r for m in fused.modules() for per_part in getattr(m, "_runners", {}).values()
